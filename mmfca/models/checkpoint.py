@@ -1,0 +1,299 @@
+"""Reading FcaFormer weights in every layout they come in.
+
+Three layouts reach the backbone:
+
+* official ImageNet checkpoints, as the official training script saves them:
+  ``{'model', 'model_ema', 'optimizer', 'epoch', 'scaler', 'args'}`` with the
+  official parameter names and no ``backbone.`` prefix;
+* official segmentation / detection checkpoints: ``state_dict`` with the
+  official names under ``backbone.``;
+* mmfca / OpenMMLab checkpoints: ``state_dict`` with our names, usually
+  under ``backbone.`` (EMA weights in ``ema_state_dict``).
+
+:func:`convert_official_keys` maps official names to ours;
+:func:`load_backbone_state_dict` picks the right weights out of any of them,
+checks shapes, and reports missing and unused keys by name.
+"""
+import math
+import re
+from collections import OrderedDict
+from typing import Dict, Optional, Tuple
+
+import torch
+from mmengine.logging import print_log
+
+from ..serialization import load_weights
+
+# Official name of a block part in the transformer stages -> ours.
+_FCA_BLOCK_KEYS = [
+    (r'qkv\.', 'attn.qkv.'),
+    (r'proj\.', 'attn.proj.'),
+    (r'attention_biases$', 'attn.position_bias'),
+    (r's_token_bias$', 'attn.depth_bias'),
+    (r's_scale_factors$', 'attn.cross_scale'),
+    (r's_norm\.', 'attn.cross_norm.'),
+    (r'gamma_1$', 'ls1.weight'),
+    (r'gamma_2$', 'ls2.weight'),
+    (r'dw_conv\.', 'cross_token_conv.'),
+    (r'local_conv\.c\.', 'local_conv.conv.'),
+    (r'local_conv\.bn\.', 'local_conv.bn.'),
+    (r'mlp\.', 'ffn.'),
+    (r'norm1\.', 'norm1.'),
+    (r'norm2\.', 'norm2.'),
+]
+
+# Official name of a block part in the ConvNeXt stages -> ours.
+_CONV_BLOCK_KEYS = [
+    (r'dwconv\.', 'depthwise_conv.'),
+    (r'pwconv1\.', 'pointwise_conv1.'),
+    (r'pwconv2\.', 'pointwise_conv2.'),
+    (r'norm\.', 'norm.'),
+    (r'gamma$', 'gamma'),
+]
+
+
+def _replace_prefix(rest: str, table) -> Optional[str]:
+    for pattern, new in table:
+        match = re.match(pattern, rest)
+        if match:
+            return new + rest[match.end():]
+    return None
+
+
+def _convert_official_key(key: str) -> Tuple[str, Optional[str]]:
+    """Map one official key to ``(part, new_key)``.
+
+    ``part`` is 'backbone' or 'head'; ``new_key`` is None when the key has no
+    counterpart.
+    """
+    conv_bn = {'c': 'conv', 'bn': 'bn'}
+    match = re.match(r'patch_embed\.seq\.([02])\.(c|bn)\.(.+)$', key)
+    if match:
+        conv = 'conv1' if match.group(1) == '0' else 'conv2'
+        return 'backbone', (f'downsample_layers.0.{conv}.'
+                            f'{conv_bn[match.group(2)]}.{match.group(3)}')
+    match = re.match(r'layer_(\d)\.downsample\.(conv\d)\.(c|bn)\.(.+)$', key)
+    if match:
+        stage = int(match.group(1)) + 1
+        return 'backbone', (f'downsample_layers.{stage}.{match.group(2)}.'
+                            f'{conv_bn[match.group(3)]}.{match.group(4)}')
+    match = re.match(r'layer_(\d)\.blocks\.(\d+)\.(.+)$', key)
+    if match:
+        stage, block, rest = match.groups()
+        if stage in '01':
+            new = _replace_prefix(rest, _CONV_BLOCK_KEYS)
+            return 'backbone', new and f'stages.{stage}.{block}.{new}'
+        new = _replace_prefix(rest, _FCA_BLOCK_KEYS)
+        return 'backbone', new and f'stages.{stage}.blocks.{block}.{new}'
+    match = re.match(r'norm_head\.(weight|bias)$', key)
+    if match:
+        return 'backbone', f'norm3.{match.group(1)}'
+    match = re.match(r'head\.(weight|bias)$', key)
+    if match:
+        return 'head', f'fc.{match.group(1)}'
+    match = re.match(r'head(\d)\.weight$', key)
+    if match:
+        return 'backbone', f'proj{match.group(1)}.conv.weight'
+    match = re.match(r'norm(\d)\.(weight|bias)$', key)
+    if match:
+        return 'backbone', f'proj{match.group(1)}.norm.{match.group(2)}'
+    return 'backbone', None
+
+
+def is_official_layout(state_dict: Dict[str, torch.Tensor]) -> bool:
+    """Whether the keys use the official FcaFormer names."""
+    return any(
+        k.startswith(('patch_embed.seq.', 'layer_0.', 'layer_2.'))
+        for k in state_dict)
+
+
+def convert_official_keys(
+    state_dict: Dict[str, torch.Tensor]
+) -> Tuple[OrderedDict, OrderedDict, list]:
+    """Rename an official state dict (without ``backbone.``) to mmfca names.
+
+    Args:
+        state_dict (dict): Official classifier or backbone weights.
+
+    Returns:
+        tuple: ``(backbone, head, unknown)``: the backbone weights in mmfca
+        names, the classifier head in mmpretrain ``LinearClsHead`` names
+        (``fc.weight``, ``fc.bias``), and the keys that map to nothing.
+    """
+    backbone, head, unknown = OrderedDict(), OrderedDict(), []
+    for key, value in state_dict.items():
+        part, new_key = _convert_official_key(key)
+        if new_key is None:
+            unknown.append(key)
+        elif part == 'head':
+            head[new_key] = value
+        else:
+            backbone[new_key] = value
+    return backbone, head, unknown
+
+
+def select_state_dict(checkpoint, use_ema: bool = False) -> Dict:
+    """Pick the weights out of a loaded checkpoint.
+
+    Args:
+        checkpoint: What :func:`torch.load` returned.
+        use_ema (bool): Take the EMA weights (``model_ema`` in official
+            checkpoints, ``ema_state_dict`` in mmengine ones).
+    """
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f'A checkpoint must hold a dict, got '
+                        f'{type(checkpoint).__name__}.')
+    if use_ema:
+        if 'model_ema' in checkpoint:
+            state_dict = checkpoint['model_ema']
+        elif 'ema_state_dict' in checkpoint:
+            state_dict = OrderedDict(
+                (k[len('module.'):], v)
+                for k, v in checkpoint['ema_state_dict'].items()
+                if k.startswith('module.'))
+        else:
+            raise KeyError(
+                f'use_ema=True but the checkpoint has no EMA weights '
+                f'(no "model_ema" or "ema_state_dict"); its top-level keys '
+                f'are {sorted(checkpoint)}.')
+    else:
+        for key in ('state_dict', 'model', 'module'):
+            if key in checkpoint and isinstance(checkpoint[key], dict):
+                state_dict = checkpoint[key]
+                break
+        else:
+            state_dict = checkpoint
+    state_dict = OrderedDict(
+        (k[len('module.'):] if k.startswith('module.') else k, v)
+        for k, v in state_dict.items())
+    non_tensors = [k for k, v in state_dict.items()
+                   if not isinstance(v, torch.Tensor)]
+    if non_tensors:
+        raise TypeError(
+            f'The selected weights hold non-tensor entries '
+            f'{non_tensors[:5]}: this does not look like a state dict.')
+    return state_dict
+
+
+def strip_prefix(state_dict: Dict, prefix: Optional[str]) -> OrderedDict:
+    """Keep the entries under ``prefix`` (e.g. 'backbone.'), without it.
+
+    With ``prefix=None``, 'backbone.' is stripped if present. A checkpoint
+    that has no key under the prefix but looks like a bare backbone or
+    classifier (official ImageNet weights) is taken whole.
+    """
+    wanted = prefix if prefix is not None else 'backbone.'
+    if wanted and not wanted.endswith('.'):
+        wanted += '.'
+    selected = OrderedDict((k[len(wanted):], v)
+                           for k, v in state_dict.items()
+                           if wanted and k.startswith(wanted))
+    if selected:
+        return selected
+    bare = is_official_layout(state_dict) or any(
+        k.startswith(('downsample_layers.', 'stages.')) for k in state_dict)
+    if bare or prefix is None:
+        return OrderedDict(state_dict)
+    tops = sorted({k.split('.')[0] for k in state_dict})
+    raise KeyError(f'No weights under prefix {prefix!r} in the checkpoint; '
+                   f'its top-level names are {tops}.')
+
+
+def describe_arch(state_dict: Dict[str, torch.Tensor]) -> str:
+    """Name the FcaFormer arch that a backbone state dict was made for."""
+    from .fcaformer import FcaFormer
+    channels, depths, heads = [], [], []
+    for stage in range(FcaFormer.num_stages):
+        blocks = {
+            int(m.group(1))
+            for m in (re.match(rf'stages\.{stage}\.(?:blocks\.)?(\d+)\.', k)
+                      for k in state_dict) if m
+        }
+        depths.append(max(blocks) + 1 if blocks else 0)
+        gamma = state_dict.get(f'stages.{stage}.0.gamma')
+        norm = state_dict.get(f'stages.{stage}.blocks.0.norm1.weight')
+        width = gamma if gamma is not None else norm
+        channels.append(int(width.shape[0]) if width is not None else 0)
+        bias = state_dict.get(f'stages.{stage}.blocks.0.attn.position_bias')
+        heads.append(int(bias.shape[0]) if bias is not None else 0)
+    found = dict(channels=tuple(channels), depths=tuple(depths),
+                 num_heads=tuple(heads))
+    for name, settings in FcaFormer.arch_zoo.items():
+        if all(tuple(settings[k]) == found[k] for k in found):
+            return f"arch='{name}'"
+    return f'arch={found}'
+
+
+def _window_hint(model, state_dict) -> str:
+    hints = []
+    for stage, size in zip((2, 3), model.window_size):
+        key = f'stages.{stage}.blocks.0.attn.position_bias'
+        if key in state_dict:
+            table = state_dict[key].shape[-1]
+            side = math.isqrt(table)
+            if side * side == table and side != size:
+                hints.append(f'stage {stage + 1} tables are for window '
+                             f'{side}, the model uses {size}')
+    if not hints:
+        return ''
+    return (' The relative position bias tables do not fit the '
+            f'window_size: {"; ".join(hints)}. Keep window_size at the '
+            f'pretraining feature sizes (default (14, 7)).')
+
+
+def load_backbone_state_dict(model,
+                             filename: str,
+                             prefix: Optional[str] = None,
+                             use_ema: bool = False) -> None:
+    """Load backbone weights from any supported checkpoint layout.
+
+    Args:
+        model (FcaFormer): The backbone.
+        filename (str): Checkpoint path.
+        prefix (str, optional): Name prefix of the backbone in the
+            checkpoint, e.g. 'backbone.'. Defaults to None (strip
+            'backbone.' when present).
+        use_ema (bool): Load the EMA weights. Defaults to False.
+
+    Raises:
+        ValueError: When shapes do not match the model (another arch or
+            window size); the message names what the checkpoint was made for.
+    """
+    state_dict = select_state_dict(load_weights(filename), use_ema)
+    state_dict = strip_prefix(state_dict, prefix)
+    unknown = []
+    if is_official_layout(state_dict):
+        state_dict, head, unknown = convert_official_keys(state_dict)
+        unknown += [f'head.{k}' for k in head]
+
+    own = model.state_dict()
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape))
+                  for k, v in state_dict.items()
+                  if k in own and v.shape != own[k].shape]
+    if mismatched:
+        details = '; '.join(f'{k}: checkpoint {a} vs model {b}'
+                            for k, a, b in mismatched[:4])
+        raise ValueError(
+            f'Checkpoint {filename!r} does not fit this FcaFormer: it looks '
+            f'like {describe_arch(state_dict)}, while the model was built '
+            f'with {describe_arch(own)}. {len(mismatched)} shape '
+            f'mismatches, e.g. {details}.{_window_hint(model, state_dict)}')
+
+    usable = OrderedDict((k, v) for k, v in state_dict.items() if k in own)
+    unused = [k for k in state_dict if k not in own] + unknown
+    incompatible = model.load_state_dict(usable, strict=False)
+    missing = incompatible.missing_keys
+    new_outputs = [k for k in missing if re.match(r'(proj|norm)\d\.', k)]
+    absent = [k for k in missing if k not in new_outputs]
+    print_log(
+        f'FcaFormer: loaded {len(usable)} tensors from {filename}',
+        logger='current')
+    if new_outputs:
+        print_log(f'FcaFormer: newly initialised output layers (not in the '
+                  f'checkpoint): {new_outputs}', logger='current')
+    if absent:
+        print_log(f'FcaFormer: missing keys, left at their initial values: '
+                  f'{absent}', logger='current', level=30)
+    if unused:
+        print_log(f'FcaFormer: checkpoint keys not used by the backbone: '
+                  f'{unused}', logger='current')

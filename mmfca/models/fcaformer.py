@@ -1,0 +1,716 @@
+"""FcaFormer: forward cross attention in hybrid vision transformers.
+
+`FcaFormer <https://arxiv.org/abs/2211.07198>`_ (Zhang et al., ICCV 2023) is
+a hybrid backbone: a convolutional stem and two ConvNeXt stages, then two
+transformer stages whose blocks also attend to the *cross tokens* made by the
+earlier blocks of the same stage.
+
+One class serves classification (mmpretrain), segmentation (mmseg) and
+detection (mmdet). Attention always runs in square windows (14 in stage 3,
+7 in stage 4 by default): at 224x224 input these windows cover the whole
+feature map, which is exactly the ImageNet classifier; for larger or
+irregular inputs the maps are padded to whole windows, as the official
+downstream models do.
+"""
+import math
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule, ModuleList, Sequential
+from mmpretrain.models.backbones.convnext import ConvNeXtBlock
+from mmpretrain.models.utils import LayerNorm2d, LayerScale
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .checkpoint import load_backbone_state_dict
+
+
+class ConvBN(nn.Sequential):
+    """A bias-free convolution followed by a norm layer (BatchNorm).
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        kernel_size (int): Kernel size. Defaults to 1.
+        stride (int): Stride. Defaults to 1.
+        groups (int): Convolution groups. Defaults to 1.
+        norm_cfg (dict): Config of the norm layer. Defaults to BN.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size: int = 1,
+                 stride: int = 1,
+                 groups: int = 1,
+                 norm_cfg: dict = dict(type='BN')):
+        super().__init__(
+            OrderedDict(
+                conv=nn.Conv2d(
+                    in_channels,
+                    out_channels,
+                    kernel_size,
+                    stride=stride,
+                    padding=kernel_size // 2,
+                    groups=groups,
+                    bias=False),
+                bn=build_norm_layer(norm_cfg, out_channels)[1]))
+
+
+class ConvStem(BaseModule):
+    """Two 3x3 stride-2 conv-BN layers with GELU between: 4x downsampling.
+
+    Args:
+        in_channels (int): Input image channels.
+        out_channels (int): Output channels.
+        norm_cfg (dict): Config of the norm layers.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict):
+        super().__init__()
+        self.conv1 = ConvBN(in_channels, out_channels // 2, 3, 2,
+                            norm_cfg=norm_cfg)
+        self.act = nn.GELU()
+        self.conv2 = ConvBN(out_channels // 2, out_channels, 3, 2,
+                            norm_cfg=norm_cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.act(self.conv1(x)))
+
+
+class Downsample(BaseModule):
+    """Stage transition: 1x1 conv-BN, 3x3 stride-2 depthwise conv-BN, 1x1
+    conv-BN, with GELU after the first two.
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        norm_cfg (dict): Config of the norm layers.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict):
+        super().__init__()
+        self.conv1 = ConvBN(in_channels, out_channels, norm_cfg=norm_cfg)
+        self.conv2 = ConvBN(
+            out_channels,
+            out_channels,
+            3,
+            2,
+            groups=out_channels,
+            norm_cfg=norm_cfg)
+        self.conv3 = ConvBN(out_channels, out_channels, norm_cfg=norm_cfg)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        return self.conv3(x)
+
+
+def relative_position_index(window_size: int) -> torch.Tensor:
+    """Index into a LeViT-style bias table over (|dy|, |dx|) offsets.
+
+    Args:
+        window_size (int): Side of the square window.
+
+    Returns:
+        torch.Tensor: ``(N, N)`` long tensor with ``N = window_size ** 2``;
+        entry ``(i, j)`` is ``|dy| * window_size + |dx|`` for tokens i, j.
+    """
+    coords = torch.arange(window_size)
+    ys, xs = torch.meshgrid(coords, coords, indexing='ij')
+    ys, xs = ys.flatten(), xs.flatten()
+    dy = (ys[:, None] - ys[None, :]).abs()
+    dx = (xs[:, None] - xs[None, :]).abs()
+    return dy * window_size + dx
+
+
+class ForwardCrossAttention(BaseModule):
+    """Multi-head attention of the regular tokens over themselves and over
+    the cross tokens of earlier blocks.
+
+    Queries come from the ``N`` regular tokens of a window; keys and values
+    from those tokens plus the cross tokens, which are first multiplied by
+    learnable scale factors (LSFs) and layer-normalised. Regular keys get a
+    relative position bias, cross keys a learned depth bias (one value per
+    cross token and head). Both biases enter
+    :func:`torch.nn.functional.scaled_dot_product_attention` as an additive
+    mask.
+
+    Args:
+        embed_dims (int): Token channels.
+        num_heads (int): Attention heads.
+        window_size (int): Side of the square attention window.
+        num_cross_tokens (int): Cross tokens this block attends to (0 for the
+            first block of a stage).
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, window_size: int,
+                 num_cross_tokens: int):
+        super().__init__()
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.head_dims = embed_dims // num_heads
+        self.window_size = window_size
+        self.num_cross_tokens = num_cross_tokens
+
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.position_bias = nn.Parameter(
+            torch.zeros(num_heads, window_size * window_size))
+        self.register_buffer(
+            'position_bias_index',
+            relative_position_index(window_size),
+            persistent=False)
+        if num_cross_tokens > 0:
+            self.cross_scale = nn.Parameter(
+                torch.ones(1, num_cross_tokens, 1))
+            self.cross_norm = nn.LayerNorm(embed_dims)
+            self.depth_bias = nn.Parameter(
+                torch.zeros(1, num_heads, 1, num_cross_tokens))
+
+    def attention_bias(self) -> torch.Tensor:
+        """The additive attention mask, ``(1, heads, N, N + cross)``."""
+        bias = self.position_bias[:, self.position_bias_index].unsqueeze(0)
+        if self.num_cross_tokens == 0:
+            return bias
+        num_tokens = bias.shape[-1]
+        depth = self.depth_bias.expand(-1, -1, num_tokens, -1)
+        return torch.cat((bias, depth), dim=-1)
+
+    def _split_heads(self, x: torch.Tensor, parts: int) -> torch.Tensor:
+        batch, length, _ = x.shape
+        x = x.reshape(batch, length, parts, self.num_heads, self.head_dims)
+        return x.permute(2, 0, 3, 1, 4)
+
+    def forward(self,
+                x: torch.Tensor,
+                cross: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        Args:
+            x (torch.Tensor): Normalised window tokens, ``(B, N, C)``.
+            cross (torch.Tensor, optional): Cross tokens of the earlier
+                blocks, ``(B, num_cross_tokens, C)``, not yet scaled or
+                normalised.
+        """
+        batch, length, channels = x.shape
+        q, k, v = self._split_heads(self.qkv(x), 3).unbind(0)
+        if self.num_cross_tokens > 0:
+            cross = self.cross_norm(cross * self.cross_scale)
+            # Only keys and values are needed for the cross tokens.
+            kv_weight = self.qkv.weight[channels:]
+            kv_bias = self.qkv.bias[channels:]
+            cross_k, cross_v = self._split_heads(
+                F.linear(cross, kv_weight, kv_bias), 2).unbind(0)
+            k = torch.cat((k, cross_k), dim=2)
+            v = torch.cat((v, cross_v), dim=2)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=self.attention_bias().to(q.dtype))
+        x = x.transpose(1, 2).reshape(batch, length, channels)
+        return self.proj(x)
+
+
+class FeedForward(BaseModule):
+    """LayerNorm, Linear, GELU, Linear.
+
+    The official block applies its own ``norm2`` right before this module,
+    so the FFN path has two LayerNorms in a row; both are kept for weight
+    compatibility.
+
+    Args:
+        embed_dims (int): Token channels.
+        hidden_dims (int): Hidden channels.
+    """
+
+    def __init__(self, embed_dims: int, hidden_dims: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(embed_dims)
+        self.fc1 = nn.Linear(embed_dims, hidden_dims)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dims, embed_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class FcaBlock(BaseModule):
+    """FcaFormer block working on the tokens of one window.
+
+    attention (with cross tokens) -> token merging and enhancement (TME: a
+    7x7 stride-4 depthwise conv makes this block's cross tokens, a 3x3
+    depthwise conv-BN replaces the tokens) -> FFN. Residual branches carry
+    layer scale and drop path.
+
+    Args:
+        embed_dims (int): Token channels.
+        num_heads (int): Attention heads.
+        window_size (int): Side of the square window.
+        num_cross_tokens (int): Cross tokens attended to.
+        makes_cross_tokens (bool): Whether this block makes cross tokens for
+            the later blocks (all but the last block of a stage do).
+        mlp_ratio (float): FFN hidden / embed channels. Defaults to 4.
+        drop_path_rate (float): Stochastic depth rate. Defaults to 0.
+        layer_scale_init_value (float): Layer scale init. Defaults to 1e-6.
+        norm_cfg (dict): Config of the BN after the 3x3 depthwise conv.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 window_size: int,
+                 num_cross_tokens: int,
+                 makes_cross_tokens: bool,
+                 mlp_ratio: float = 4.,
+                 drop_path_rate: float = 0.,
+                 layer_scale_init_value: float = 1e-6,
+                 norm_cfg: dict = dict(type='BN')):
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.attn = ForwardCrossAttention(embed_dims, num_heads, window_size,
+                                          num_cross_tokens)
+        self.ls1 = LayerScale(embed_dims, layer_scale_init_value)
+        if makes_cross_tokens:
+            self.cross_token_conv = nn.Conv2d(
+                embed_dims,
+                embed_dims,
+                kernel_size=7,
+                stride=4,
+                padding=3,
+                groups=embed_dims,
+                bias=False)
+        else:
+            self.cross_token_conv = None
+        self.local_conv = ConvBN(
+            embed_dims, embed_dims, 3, groups=embed_dims, norm_cfg=norm_cfg)
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.ffn = FeedForward(embed_dims, int(embed_dims * mlp_ratio))
+        self.ls2 = LayerScale(embed_dims, layer_scale_init_value)
+        self.drop_path = DropPath(
+            drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cross: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """
+        Args:
+            x (torch.Tensor): Window tokens ``(B, ws * ws, C)``.
+            cross (torch.Tensor, optional): Cross tokens of earlier blocks.
+
+        Returns:
+            tuple: The new tokens and this block's cross tokens
+            ``(B, ceil(ws / 4) ** 2, C)`` (None for the last block).
+        """
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), cross)))
+        batch, length, channels = x.shape
+        fmap = x.transpose(1, 2).reshape(batch, channels, self.window_size,
+                                         self.window_size)
+        new_cross = None
+        if self.cross_token_conv is not None:
+            new_cross = self.cross_token_conv(fmap).flatten(2).transpose(1, 2)
+        x = self.local_conv(fmap).flatten(2).transpose(1, 2)
+        x = x + self.drop_path(self.ls2(self.ffn(self.norm2(x))))
+        return x, new_cross
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """``(B, C, H, W)`` with H, W multiples of the window ->
+    ``(B * windows, ws * ws, C)``."""
+    batch, channels, height, width = x.shape
+    x = x.view(batch, channels, height // window_size, window_size,
+               width // window_size, window_size)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(-1, window_size * window_size,
+                                               channels)
+
+
+def window_reverse(x: torch.Tensor, window_size: int, height: int,
+                   width: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`."""
+    channels = x.shape[-1]
+    rows, cols = height // window_size, width // window_size
+    x = x.view(-1, rows, cols, window_size, window_size, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(-1, channels, height, width)
+
+
+class FcaStage(BaseModule):
+    """A stage of FcaBlocks with windowed attention and cross tokens.
+
+    The feature map is padded to whole windows before every block: even
+    blocks (0, 2, ...) pad at the top-left, odd blocks at the bottom-right,
+    so windows of consecutive blocks are offset against each other. Padded
+    tokens are zeros and are not masked. The cross tokens of a window are
+    handed to the window with the same index in the later blocks, whatever
+    its alignment, as in the official implementation.
+
+    Args:
+        embed_dims (int): Channels.
+        depth (int): Number of blocks.
+        num_heads (int): Attention heads.
+        window_size (int): Side of the square window.
+        drop_path_rates (Sequence[float]): Per-block stochastic depth.
+        mlp_ratio (float): FFN expansion. Defaults to 4.
+        layer_scale_init_value (float): Layer scale init. Defaults to 1e-6.
+        norm_cfg (dict): Config of the BN layers.
+        with_cp (bool): Checkpoint each block's activations.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 depth: int,
+                 num_heads: int,
+                 window_size: int,
+                 drop_path_rates: Sequence[float],
+                 mlp_ratio: float = 4.,
+                 layer_scale_init_value: float = 1e-6,
+                 norm_cfg: dict = dict(type='BN'),
+                 with_cp: bool = False):
+        super().__init__()
+        self.window_size = window_size
+        self.with_cp = with_cp
+        cross_per_block = math.ceil(window_size / 4)**2
+        self.blocks = ModuleList([
+            FcaBlock(
+                embed_dims,
+                num_heads,
+                window_size,
+                num_cross_tokens=i * cross_per_block,
+                makes_cross_tokens=i < depth - 1,
+                mlp_ratio=mlp_ratio,
+                drop_path_rate=drop_path_rates[i],
+                layer_scale_init_value=layer_scale_init_value,
+                norm_cfg=norm_cfg) for i in range(depth)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, height, width = x.shape
+        ws = self.window_size
+        pad_h = -height % ws
+        pad_w = -width % ws
+        padded_h, padded_w = height + pad_h, width + pad_w
+        cross_tokens: List[torch.Tensor] = []
+        for i, block in enumerate(self.blocks):
+            top_left = i % 2 == 0
+            if pad_h or pad_w:
+                pad = (pad_w, 0, pad_h, 0) if top_left else (0, pad_w, 0,
+                                                              pad_h)
+                x = F.pad(x, pad)
+            tokens = window_partition(x, ws)
+            cross = torch.cat(cross_tokens, dim=1) if cross_tokens else None
+            if self.with_cp and tokens.requires_grad:
+                tokens, new_cross = cp.checkpoint(
+                    block, tokens, cross, use_reentrant=False)
+            else:
+                tokens, new_cross = block(tokens, cross)
+            if new_cross is not None:
+                cross_tokens.append(new_cross)
+            x = window_reverse(tokens, ws, padded_h, padded_w)
+            if pad_h or pad_w:
+                if top_left:
+                    x = x[:, :, pad_h:, pad_w:]
+                else:
+                    x = x[:, :, :height, :width]
+        return x
+
+
+class OutputProjection(BaseModule):
+    """1x1 conv (no bias) + channels-first LayerNorm that widens a stage
+    output, as in the official segmentation and detection backbones.
+
+    Args:
+        in_channels (int): Stage channels.
+        out_channels (int): Output channels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.norm = LayerNorm2d(out_channels, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class FcaFormer(BaseModule):
+    """FcaFormer backbone for classification, segmentation and detection.
+
+    A PyTorch implementation of `FcaFormer: Forward Cross Attention in
+    Hybrid Vision Transformer <https://arxiv.org/abs/2211.07198>`_, built to
+    load the official ImageNet and downstream weights unchanged.
+
+    Args:
+        arch (str | dict): 'l1', 'l2', 'l3' or 'l4' (case-insensitive), or a
+            dict with ``channels`` (4 ints), ``depths`` (4 ints) and
+            ``num_heads`` (4 ints; the first two, for the ConvNeXt stages,
+            are ignored). Defaults to 'l2'.
+        in_channels (int): Input image channels. Defaults to 3.
+        window_size (int | Sequence[int]): Attention window of stages 3 and
+            4. Defaults to (14, 7), the feature sizes of 224x224 ImageNet
+            pretraining, so pretrained bias tables load unchanged.
+        out_indices (int | Sequence[int]): Stages to output. Defaults to -1
+            (the last).
+        out_channels (Sequence[int], optional): If given, every output is
+            widened by a 1x1 conv + LayerNorm to these channels (one entry
+            per stage), as the official dense models do, e.g.
+            ``(96, 192, 384, 768)`` for L2. Defaults to None (a LayerNorm
+            per output, no projection).
+        gap_before_final_norm (bool): Average-pool each output and apply a
+            LayerNorm (the ImageNet classifier's final norm). Defaults to
+            False.
+        drop_path_rate (float): Stochastic depth rate. Defaults to 0.
+        layer_scale_init_value (float): Layer scale init. Defaults to 1e-6.
+        mlp_ratio (float): FFN expansion. Defaults to 4.
+        norm_cfg (dict): Config of the BN layers (stem, downsampling, TME).
+            Defaults to ``dict(type='BN')``.
+        frozen_stages (int): Stages to freeze with their downsampling layer
+            (stage 0 includes the stem). Defaults to 0.
+        norm_eval (bool): Keep BN layers in eval mode while training.
+            Defaults to False.
+        with_cp (bool): Activation checkpointing per block. Defaults to
+            False.
+        init_cfg (dict | list[dict], optional): Initialisation config. A
+            ``dict(type='Pretrained', checkpoint=PATH, prefix='backbone.')``
+            accepts official ImageNet checkpoints (add ``use_ema=True`` for
+            their EMA weights), official downstream checkpoints and mmfca /
+            OpenMMLab checkpoints; ``prefix`` is optional.
+    """
+
+    arch_zoo = {
+        'l1': dict(
+            channels=(64, 128, 192, 320),
+            depths=(2, 2, 6, 2),
+            num_heads=(0, 0, 6, 10)),
+        'l2': dict(
+            channels=(96, 192, 320, 480),
+            depths=(2, 2, 7, 2),
+            num_heads=(0, 0, 10, 15)),
+        'l3': dict(
+            channels=(96, 192, 320, 512),
+            depths=(3, 6, 12, 3),
+            num_heads=(0, 0, 10, 16)),
+        'l4': dict(
+            channels=(128, 256, 512, 768),
+            depths=(3, 6, 12, 3),
+            num_heads=(0, 0, 16, 24)),
+    }
+    num_stages = 4
+    num_conv_stages = 2
+    # The official initialisation: truncated normal for conv and linear
+    # weights, unit LayerNorms (BN layers start at weight 1, bias 0).
+    default_init_cfg = [
+        dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02,
+             bias=0.),
+        dict(type='Constant', layer=['LayerNorm'], val=1., bias=0.),
+    ]
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'l2',
+                 in_channels: int = 3,
+                 window_size: Union[int, Sequence[int]] = (14, 7),
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 out_channels: Optional[Sequence[int]] = None,
+                 gap_before_final_norm: bool = False,
+                 drop_path_rate: float = 0.,
+                 layer_scale_init_value: float = 1e-6,
+                 mlp_ratio: float = 4.,
+                 norm_cfg: dict = dict(type='BN'),
+                 frozen_stages: int = 0,
+                 norm_eval: bool = False,
+                 with_cp: bool = False,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+        super().__init__(init_cfg=init_cfg or self.default_init_cfg)
+        self.arch_settings = self._parse_arch(arch)
+        channels = self.arch_settings['channels']
+        depths = self.arch_settings['depths']
+        num_heads = self.arch_settings['num_heads']
+        self.channels = channels
+        self.in_channels = in_channels
+        self.window_size = self._parse_window_size(window_size)
+        self.out_indices = self._parse_out_indices(out_indices)
+        self.gap_before_final_norm = gap_before_final_norm
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        if out_channels is not None:
+            out_channels = tuple(out_channels)
+            if len(out_channels) != self.num_stages:
+                raise ValueError(
+                    f'out_channels needs one entry per stage '
+                    f'({self.num_stages}), got {out_channels}.')
+        self.out_channels = out_channels
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.downsample_layers = ModuleList(
+            [ConvStem(in_channels, channels[0], norm_cfg)])
+        for i in range(1, self.num_stages):
+            self.downsample_layers.append(
+                Downsample(channels[i - 1], channels[i], norm_cfg))
+
+        self.stages = ModuleList()
+        block_idx = 0
+        for i in range(self.num_stages):
+            rates = dpr[block_idx:block_idx + depths[i]]
+            block_idx += depths[i]
+            if i < self.num_conv_stages:
+                stage = Sequential(*[
+                    ConvNeXtBlock(
+                        channels[i],
+                        drop_path_rate=rate,
+                        layer_scale_init_value=layer_scale_init_value,
+                        with_cp=with_cp) for rate in rates
+                ])
+            else:
+                stage = FcaStage(
+                    channels[i],
+                    depths[i],
+                    num_heads[i],
+                    self.window_size[i - self.num_conv_stages],
+                    rates,
+                    mlp_ratio=mlp_ratio,
+                    layer_scale_init_value=layer_scale_init_value,
+                    norm_cfg=norm_cfg,
+                    with_cp=with_cp)
+            self.stages.append(stage)
+
+        for i in self.out_indices:
+            if gap_before_final_norm:
+                self.add_module(f'norm{i}', nn.LayerNorm(channels[i]))
+            elif out_channels is not None:
+                self.add_module(f'proj{i}',
+                                OutputProjection(channels[i],
+                                                 out_channels[i]))
+            else:
+                self.add_module(f'norm{i}',
+                                LayerNorm2d(channels[i], eps=1e-6))
+        self._freeze_stages()
+
+    @classmethod
+    def _parse_arch(cls, arch: Union[str, dict]) -> Dict[str, tuple]:
+        if isinstance(arch, str):
+            key = arch.lower()
+            if key not in cls.arch_zoo:
+                raise ValueError(
+                    f'Unknown FcaFormer arch {arch!r}. Choose one of '
+                    f'{sorted(cls.arch_zoo)} or pass a dict with "channels",'
+                    f' "depths" and "num_heads".')
+            return cls.arch_zoo[key]
+        if not isinstance(arch, dict):
+            raise TypeError(
+                f'arch must be a str or a dict, got {type(arch).__name__}.')
+        needed = {'channels', 'depths', 'num_heads'}
+        if set(arch) != needed:
+            raise ValueError(
+                f'A custom FcaFormer arch needs exactly the keys '
+                f'{sorted(needed)}, got {sorted(arch)}.')
+        settings = {k: tuple(int(v) for v in arch[k]) for k in needed}
+        for key, values in settings.items():
+            if len(values) != cls.num_stages:
+                raise ValueError(f'arch["{key}"] needs {cls.num_stages} '
+                                 f'entries, got {values}.')
+        for i in range(cls.num_conv_stages, cls.num_stages):
+            width, heads = settings['channels'][i], settings['num_heads'][i]
+            if heads <= 0 or width % heads:
+                raise ValueError(
+                    f'Stage {i}: {width} channels cannot be split into '
+                    f'{heads} attention heads; choose num_heads that divides '
+                    f'the channels.')
+        return settings
+
+    def _parse_window_size(self, window_size) -> Tuple[int, int]:
+        if isinstance(window_size, int):
+            window_size = (window_size, ) * 2
+        window_size = tuple(window_size)
+        if len(window_size) != 2 or any(
+                not isinstance(w, int) or w < 1 for w in window_size):
+            raise ValueError(
+                f'window_size must be a positive int or two of them (stages '
+                f'3 and 4), got {window_size}.')
+        return window_size
+
+    def _parse_out_indices(self, out_indices) -> Tuple[int, ...]:
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        parsed = []
+        for index in out_indices:
+            if not -self.num_stages <= index < self.num_stages:
+                raise ValueError(
+                    f'out_indices entries must be in [-{self.num_stages}, '
+                    f'{self.num_stages - 1}], got {index}.')
+            parsed.append(index % self.num_stages)
+        return tuple(sorted(set(parsed)))
+
+    def output_module(self, index: int) -> nn.Module:
+        """The norm or projection applied to output ``index``."""
+        if hasattr(self, f'proj{index}'):
+            return getattr(self, f'proj{index}')
+        return getattr(self, f'norm{index}')
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if x.dim() != 4:
+            raise ValueError(
+                f'FcaFormer expects images as a 4-D tensor (N, C, H, W), got '
+                f'a {x.dim()}-D tensor of shape {tuple(x.shape)}.')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'FcaFormer was built for {self.in_channels} input channels '
+                f'but got {x.shape[1]} (input shape {tuple(x.shape)}); set '
+                f'in_channels={x.shape[1]} in the backbone config or fix the '
+                f'data pipeline.')
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(self.downsample_layers[i](x))
+            if i in self.out_indices:
+                if self.gap_before_final_norm:
+                    outs.append(self.output_module(i)(x.mean((-2, -1))))
+                else:
+                    outs.append(self.output_module(i)(x))
+        return tuple(outs)
+
+    def init_weights(self):
+        """Initialise the weights, or load them for a Pretrained init_cfg."""
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            extra = set(cfg) - {'type', 'checkpoint', 'prefix', 'use_ema',
+                                'map_location'}
+            if extra:
+                raise ValueError(
+                    f'Unknown keys {sorted(extra)} in the FcaFormer '
+                    f'Pretrained init_cfg; allowed: checkpoint, prefix, '
+                    f'use_ema.')
+            self.init_cfg = self.default_init_cfg
+            super().init_weights()
+            self.init_cfg = cfg
+            load_backbone_state_dict(
+                self,
+                cfg['checkpoint'],
+                prefix=cfg.get('prefix'),
+                use_ema=cfg.get('use_ema', False))
+            self._is_init = True
+            return
+        super().init_weights()
+
+    def _freeze_stages(self):
+        for i in range(self.frozen_stages):
+            for module in (self.downsample_layers[i], self.stages[i]):
+                module.eval()
+                for param in module.parameters():
+                    param.requires_grad = False
+            if i in self.out_indices:
+                module = self.output_module(i)
+                module.eval()
+                for param in module.parameters():
+                    param.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self

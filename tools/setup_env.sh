@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Set up (or update) the mmfca environment in .venv at the repository root.
+#
+#   bash tools/setup_env.sh
+#
+# Idempotent: a second run only checks what is there. The slow step is mmcv,
+# which has no wheels for torch 2.14 and is built from its sdist with its
+# CPU ops (about 20 minutes on 2 cores). The built wheel is kept in
+# $MMFCA_WHEEL_CACHE (default ~/.cache/mmfca/wheels), outside the repository,
+# so later set-ups reuse it in seconds.
+#
+# Environment variables:
+#   PYTHON             interpreter for the venv (default: python3.11, else python3)
+#   MMFCA_VENV         where the venv goes (default: <repo>/.venv)
+#   MMFCA_WHEEL_CACHE  where the built mmcv wheel is cached
+#   MAX_JOBS           parallel compile jobs for mmcv (default: number of cores)
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MMFCA_VENV:-$REPO/.venv}"
+CACHE="${MMFCA_WHEEL_CACHE:-$HOME/.cache/mmfca/wheels}"
+MMCV_VERSION=2.1.0
+
+step() { printf '\n==> %s\n' "$*"; }
+die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
+trap 'die "set-up failed at line $LINENO (command: $BASH_COMMAND). Fix the cause above and run tools/setup_env.sh again; finished steps are skipped."' ERR
+
+if [ -z "${PYTHON:-}" ]; then
+  if command -v python3.11 >/dev/null; then PYTHON=python3.11; else PYTHON=python3; fi
+fi
+pyver=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+  || die "cannot run '$PYTHON'. Install Python 3.11 or set PYTHON=/path/to/python3.11."
+[ "$pyver" = "3.11" ] || die "Python 3.11 is required (torch 2.14.1 and mmcv $MMCV_VERSION are pinned for it); '$PYTHON' is $pyver. Set PYTHON=/path/to/python3.11."
+
+step "virtual environment: $VENV"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+  echo "created"
+else
+  echo "exists, reusing"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check)
+
+step "build tools and torch (requirements-torch.txt)"
+"${PIP[@]}" install -q --upgrade pip
+"${PIP[@]}" install -q -r "$REPO/requirements-torch.txt"
+"$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
+
+mmcv_ok() {
+  "$PY" - <<EOF 2>/dev/null
+import mmcv, mmcv.ops
+from mmcv.ops import RoIAlign
+assert mmcv.__version__ == "$MMCV_VERSION", mmcv.__version__
+EOF
+}
+
+step "mmcv $MMCV_VERSION with ops"
+if mmcv_ok; then
+  echo "already installed with ops"
+else
+  mkdir -p "$CACHE"
+  torch_tag=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
+  wheel_dir="$CACHE/torch$torch_tag"
+  wheel=$(ls "$wheel_dir"/mmcv-$MMCV_VERSION-*.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$wheel" ]; then
+    echo "no cached wheel in $wheel_dir: building mmcv from its sdist."
+    echo "This is the long step (about 20 minutes on 2 cores, CPU ops)."
+    build=$(mktemp -d)
+    # The sdist's setup.py imports torch, so fetch it without build isolation
+    # (MMCV_WITH_OPS=1, or its metadata names it mmcv-lite).
+    MMCV_WITH_OPS=1 "${PIP[@]}" download -q --no-deps --no-binary mmcv \
+      --no-build-isolation -d "$build" "mmcv==$MMCV_VERSION"
+    tar -xzf "$build"/mmcv-$MMCV_VERSION.tar.gz -C "$build"
+    src="$build/mmcv-$MMCV_VERSION"
+    # torch 2.14 headers need C++20; mmcv's setup.py hard-codes c++14/17.
+    sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g' "$src/setup.py"
+    grep -q -- '-std=c++20' "$src/setup.py" || die "could not switch mmcv's setup.py to -std=c++20"
+    jobs="${MAX_JOBS:-$(nproc)}"
+    echo "compiling with $jobs jobs; progress below (one line per compiled file)"
+    (cd "$src" && MMCV_WITH_OPS=1 MAX_JOBS="$jobs" "$PY" setup.py bdist_wheel -d "$wheel_dir" 2>&1 \
+      | grep --line-buffered -E '^\[[0-9]+/[0-9]+\]|error:' \
+      | sed -u -E 's#^(\[[0-9]+/[0-9]+\]) .* -c (\S+) -o .*#\1 \2#' ) \
+      || die "mmcv build failed; see the compiler errors above"
+    wheel=$(ls "$wheel_dir"/mmcv-$MMCV_VERSION-*.whl | head -n1)
+    rm -rf "$build"
+    echo "cached $wheel"
+  else
+    echo "using cached wheel $wheel"
+  fi
+  "${PIP[@]}" install -q --no-deps --force-reinstall "$wheel"
+  "${PIP[@]}" install -q addict packaging Pillow pyyaml yapf opencv-python
+  mmcv_ok || die "mmcv $MMCV_VERSION imports without its ops; delete $wheel_dir and run again"
+  echo "mmcv $MMCV_VERSION with ops installed"
+fi
+
+step "OpenMMLab codebases and the rest (requirements.txt)"
+"${PIP[@]}" install -q -r "$REPO/requirements.txt"
+
+step "mmfca (editable)"
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$REPO"
+
+step "check"
+"$PY" - <<'EOF'
+import mmcv, mmdet, mmseg, mmpretrain, mmengine, timm, torch
+import mmcv.ops
+import mmfca
+print(f"torch {torch.__version__} | mmengine {mmengine.__version__} | mmcv {mmcv.__version__} (ops) | "
+      f"mmpretrain {mmpretrain.__version__} | mmseg {mmseg.__version__} | mmdet {mmdet.__version__} | "
+      f"timm {timm.__version__} | mmfca {mmfca.__version__}")
+EOF
+printf '\nReady. Activate with: source %s/bin/activate\n' "$VENV"
