@@ -1,0 +1,48 @@
+# ImageNet-1k classification with FcaFormer, on mmpretrain's own bases.
+# The arch configs (fcaformer_l{1..4}_in1k.py) set the arch, the head width
+# and the drop path rate of the official scripts.
+_base_ = [
+    'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
+    'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
+    'mmpretrain::_base_/default_runtime.py',
+]
+custom_imports = dict(imports=['mmfca'], allow_failed_imports=False)
+
+model = dict(
+    type='ImageClassifier',
+    # Global average pooling, LayerNorm (in the backbone) and a linear head,
+    # as the official classifier.
+    backbone=dict(
+        type='FcaFormer',
+        arch='l2',
+        out_indices=(3, ),
+        gap_before_final_norm=True,
+        drop_path_rate=0.1),
+    neck=None,
+    head=dict(
+        type='LinearClsHead',
+        num_classes=1000,
+        in_channels=480,
+        loss=dict(
+            type='LabelSmoothLoss', label_smooth_val=0.1, mode='original'),
+        init_cfg=dict(type='TruncNormal', layer='Linear', std=.02, bias=0.)),
+    train_cfg=dict(augments=[
+        dict(type='Mixup', alpha=0.8),
+        dict(type='CutMix', alpha=1.0),
+    ]),
+)
+
+# 8 GPUs x 128 images, lr 2e-3 for the total batch of 1024 (official).
+train_dataloader = dict(batch_size=128)
+optim_wrapper = dict(optimizer=dict(lr=2e-3), clip_grad=None)
+param_scheduler = [
+    dict(
+        type='LinearLR',
+        start_factor=1e-3,
+        by_epoch=True,
+        end=20,
+        convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', eta_min=1e-6, by_epoch=True, begin=20),
+]
+custom_hooks = [dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]
+auto_scale_lr = dict(base_batch_size=1024)

@@ -1,0 +1,6 @@
+# FcaFormer-L1 on ImageNet-1k (official drop path rate 0.0).
+_base_ = ['./_base_/fcaformer_in1k.py']
+
+model = dict(
+    backbone=dict(arch='l1', drop_path_rate=0.0),
+    head=dict(in_channels=320))

@@ -1,0 +1,6 @@
+# FcaFormer-L2 on ImageNet-1k (official drop path rate 0.1).
+_base_ = ['./_base_/fcaformer_in1k.py']
+
+model = dict(
+    backbone=dict(arch='l2', drop_path_rate=0.1),
+    head=dict(in_channels=480))
