@@ -5,8 +5,9 @@ an allow-list of types. mmengine 0.10.7 stores a few of its own objects and
 numpy values in every checkpoint (the message hub's history buffers, numpy
 scalars), so resuming and testing its checkpoints fail with an
 ``UnpicklingError``. :func:`register_safe_globals` adds exactly those types
-to torch's allow-list (it runs on ``import mmfca``); nothing executes code
-from a weights file.
+to torch's allow-list (it runs on ``import mmfca``), and in place of
+``getattr`` a function that resolves only HistoryBuffer's statistics
+methods; nothing executes code from a weights file.
 """
 import argparse
 import os
@@ -39,10 +40,27 @@ def _numpy_globals() -> list:
     return found
 
 
+def _history_buffer_statistic(owner: Any, name: str) -> Any:
+    """Stands in for ``getattr`` while unpickling.
+
+    mmengine pickles a HistoryBuffer together with its statistics methods,
+    as ``getattr(HistoryBuffer, 'mean')``; this resolves exactly those and
+    refuses every other attribute lookup a file might ask for.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if owner is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+        return getattr(owner, name)
+    raise pickle.UnpicklingError(
+        f'getattr({owner!r}, {name!r}) is not allowed in a weights file.')
+
+
 def safe_globals() -> list:
     """Everything mmfca allows in weight files besides tensors."""
     from mmengine.logging.history_buffer import HistoryBuffer
-    return [HistoryBuffer, argparse.Namespace] + _numpy_globals()
+    return [
+        HistoryBuffer, argparse.Namespace,
+        (_history_buffer_statistic, 'builtins.getattr')
+    ] + _numpy_globals()
 
 
 def register_safe_globals() -> None:

@@ -40,11 +40,16 @@ else
   echo "exists, reusing"
 fi
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip --disable-pip-version-check)
+# pip, without the notes about index locations this machine's pip.conf names
+# but does not have.
+pip_install() {
+  "$PY" -m pip --disable-pip-version-check install -q "$@" 2>&1 \
+    | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+}
 
 step "build tools and torch (requirements-torch.txt)"
-"${PIP[@]}" install -q --upgrade pip
-"${PIP[@]}" install -q -r "$REPO/requirements-torch.txt"
+pip_install --upgrade pip
+pip_install -r "$REPO/requirements-torch.txt"
 "$PY" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'
 
 mmcv_ok() {
@@ -69,8 +74,9 @@ else
     build=$(mktemp -d)
     # The sdist's setup.py imports torch, so fetch it without build isolation
     # (MMCV_WITH_OPS=1, or its metadata names it mmcv-lite).
-    MMCV_WITH_OPS=1 "${PIP[@]}" download -q --no-deps --no-binary mmcv \
-      --no-build-isolation -d "$build" "mmcv==$MMCV_VERSION"
+    MMCV_WITH_OPS=1 "$PY" -m pip download -q --no-deps --no-binary mmcv \
+      --no-build-isolation -d "$build" "mmcv==$MMCV_VERSION" 2>&1 \
+      | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
     tar -xzf "$build"/mmcv-$MMCV_VERSION.tar.gz -C "$build"
     src="$build/mmcv-$MMCV_VERSION"
     # torch 2.14 headers need C++20; mmcv's setup.py hard-codes c++14/17.
@@ -88,19 +94,19 @@ else
   else
     echo "using cached wheel $wheel"
   fi
-  "${PIP[@]}" install -q --no-deps --force-reinstall "$wheel"
-  "${PIP[@]}" install -q addict packaging Pillow pyyaml yapf opencv-python
-  mmcv_ok || die "mmcv $MMCV_VERSION imports without its ops; delete $wheel_dir and run again"
-  echo "mmcv $MMCV_VERSION with ops installed"
+  # Its dependencies (mmengine among them) come with requirements.txt.
+  pip_install --no-deps --force-reinstall "$wheel"
+  echo "installed $wheel"
 fi
 
 step "OpenMMLab codebases and the rest (requirements.txt)"
-"${PIP[@]}" install -q -r "$REPO/requirements.txt"
+pip_install -r "$REPO/requirements.txt"
 
 step "mmfca (editable)"
-"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$REPO"
+pip_install --no-deps --no-build-isolation -e "$REPO"
 
 step "check"
+mmcv_ok || die "mmcv $MMCV_VERSION is installed without its compiled ops. Delete the cached wheel in $CACHE and run tools/setup_env.sh again to rebuild it."
 "$PY" - <<'EOF'
 import mmcv, mmdet, mmseg, mmpretrain, mmengine, timm, torch
 import mmcv.ops

@@ -244,7 +244,7 @@ def _window_hint(model, state_dict) -> str:
 def load_backbone_state_dict(model,
                              filename: str,
                              prefix: Optional[str] = None,
-                             use_ema: bool = False) -> None:
+                             use_ema: bool = False) -> Dict[str, list]:
     """Load backbone weights from any supported checkpoint layout.
 
     Args:
@@ -254,6 +254,12 @@ def load_backbone_state_dict(model,
             checkpoint, e.g. 'backbone.'. Defaults to None (strip
             'backbone.' when present).
         use_ema (bool): Load the EMA weights. Defaults to False.
+
+    Returns:
+        dict: Key names by outcome: ``loaded``, ``new_outputs`` (output
+        layers the checkpoint lacks, freshly initialised), ``missing``
+        (other model keys the checkpoint lacks) and ``unused`` (checkpoint
+        keys the backbone has no place for).
 
     Raises:
         ValueError: When shapes do not match the model (another arch or
@@ -297,3 +303,5 @@ def load_backbone_state_dict(model,
     if unused:
         print_log(f'FcaFormer: checkpoint keys not used by the backbone: '
                   f'{unused}', logger='current')
+    return dict(loaded=list(usable), new_outputs=new_outputs,
+                missing=absent, unused=unused)

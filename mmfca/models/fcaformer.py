@@ -685,7 +685,7 @@ class FcaFormer(BaseModule):
             self.init_cfg = self.default_init_cfg
             super().init_weights()
             self.init_cfg = cfg
-            load_backbone_state_dict(
+            self.load_report = load_backbone_state_dict(
                 self,
                 cfg['checkpoint'],
                 prefix=cfg.get('prefix'),

@@ -1,0 +1,55 @@
+"""Shared fixtures: official-layout checkpoints written once per session."""
+import argparse
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import mmfca  # noqa: E402,F401  registers FcaFormer and the safe globals
+from reference import official_shapes, random_official_state_dict  # noqa
+
+L2_DENSE_WIDTHS = (96, 192, 384, 768)
+
+
+@pytest.fixture(scope='session')
+def ckpt_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp('checkpoints')
+
+
+@pytest.fixture(scope='session')
+def official_cls(ckpt_dir):
+    """Official-style ImageNet checkpoints for L1 and L2: ``model`` and a
+    different ``model_ema``, plus the rest the official script saves."""
+    files = {}
+    for arch in ('l1', 'l2'):
+        shapes = official_shapes(arch)
+        model = random_official_state_dict(shapes, seed=1)
+        ema = random_official_state_dict(shapes, seed=2)
+        path = str(ckpt_dir / f'official_{arch}.pth')
+        torch.save(
+            dict(
+                model=model,
+                model_ema=ema,
+                optimizer={'state': {}, 'param_groups': []},
+                epoch=299,
+                scaler={'scale': 65536.0},
+                args=argparse.Namespace(model=f'fcaformer_{arch}', lr=2e-3,
+                                        drop_path=0.1)), path)
+        files[arch] = dict(path=path, model=model, ema=ema)
+    return files
+
+
+@pytest.fixture(scope='session')
+def official_dense_l2(ckpt_dir):
+    """An official-style segmentation checkpoint of L2 (backbone under
+    ``backbone.``, widened outputs)."""
+    shapes = official_shapes('l2', head_dims=L2_DENSE_WIDTHS)
+    weights = random_official_state_dict(shapes, seed=3)
+    state = {f'backbone.{k}': v for k, v in weights.items()}
+    state['decode_head.conv_seg.weight'] = torch.zeros(150, 512, 1, 1)
+    path = str(ckpt_dir / 'official_upernet_l2.pth')
+    torch.save(dict(meta=dict(iter=160000), state_dict=state), path)
+    return dict(path=path, weights=weights)

@@ -1,0 +1,174 @@
+"""Shapes, options and bad input of the FcaFormer backbone."""
+import copy
+import math
+
+import pytest
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from mmfca.models import FcaFormer
+
+WIDTHS = {name: arch['channels'] for name, arch in FcaFormer.arch_zoo.items()}
+
+
+@pytest.mark.parametrize('arch', sorted(WIDTHS))
+@pytest.mark.parametrize('size', [(64, 64), (97, 131), (224, 224)])
+def test_output_shapes_and_strides(arch, size):
+    model = FcaFormer(arch, out_indices=(0, 1, 2, 3)).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, *size))
+    assert len(outs) == 4
+    height, width = size
+    for i, out in enumerate(outs):
+        stride = 4 * 2**i
+        expected = (1, WIDTHS[arch][i], math.ceil(height / stride),
+                    math.ceil(width / stride))
+        # Every conv has padding k // 2, so each stride-2 step rounds up.
+        assert tuple(out.shape) == expected, (i, out.shape, expected)
+
+
+@pytest.mark.parametrize('size', [(500, 376), (1333 // 4, 800 // 4)])
+def test_dense_sizes_with_widened_outputs(size):
+    model = FcaFormer(
+        'l1', out_indices=(1, 3), out_channels=(32, 64, 96, 128)).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, *size))
+    assert [o.shape[1] for o in outs] == [64, 128]
+    assert outs[1].shape[-2:] == (math.ceil(size[0] / 32),
+                                  math.ceil(size[1] / 32))
+
+
+def test_arch_is_case_insensitive_and_custom_dicts_work():
+    assert FcaFormer('L2').channels == FcaFormer('l2').channels
+    custom = FcaFormer(
+        dict(channels=(16, 32, 48, 64), depths=(1, 1, 3, 2),
+             num_heads=(0, 0, 2, 4)),
+        out_indices=(3, ))
+    assert custom(torch.randn(1, 3, 64, 64))[0].shape == (1, 64, 2, 2)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(arch='l5'), "Unknown FcaFormer arch 'l5'.*'l1', 'l2', 'l3', 'l4'"),
+    (dict(arch=dict(channels=(8, 16, 24, 32), depths=(1, 1, 1, 1))),
+     'needs exactly the keys'),
+    (dict(arch=dict(channels=(8, 16, 24, 30), depths=(1, 1, 1, 1),
+                    num_heads=(0, 0, 2, 4))), '30 channels cannot be split'),
+    (dict(window_size=(14, 0)), 'window_size must be'),
+    (dict(out_indices=(4, )), r'out_indices entries must be in \[-4, 3\]'),
+    (dict(out_channels=(96, 192)), 'out_channels needs one entry per stage'),
+])
+def test_bad_arguments_fail_clearly(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FcaFormer(**kwargs)
+
+
+@pytest.mark.parametrize('shape, message', [
+    ((2, 224), '4-D tensor'),
+    ((1, 1, 64, 64), 'built for 3 input channels but got 1'),
+])
+def test_bad_input_fails_before_any_layer(shape, message):
+    model = FcaFormer('l1')
+    with pytest.raises(ValueError, match=message):
+        model(torch.randn(*shape))
+
+
+def test_gradients_reach_every_parameter():
+    model = FcaFormer(
+        'l1',
+        out_indices=(0, 1, 2, 3),
+        out_channels=(32, 64, 96, 128),
+        layer_scale_init_value=1.0)
+    model.init_weights()
+    model.train()
+    outs = model(torch.randn(2, 3, 80, 72))
+    sum(o.square().mean() for o in outs).backward()
+    without = [n for n, p in model.named_parameters()
+               if p.grad is None or p.grad.abs().sum() == 0]
+    assert not without, without
+    attn = model.stages[2].blocks[3].attn
+    assert attn.cross_scale.grad.abs().sum() > 0
+    assert attn.depth_bias.grad.abs().sum() > 0
+    assert attn.position_bias.grad.abs().sum() > 0
+
+
+def test_with_cp_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = FcaFormer('l1', out_indices=(2, 3), layer_scale_init_value=1.0)
+    plain.init_weights()
+    ckpt = copy.deepcopy(plain)
+    ckpt.stages[2].with_cp = ckpt.stages[3].with_cp = True
+    for stage in ckpt.stages[:2]:
+        for block in stage:
+            block.with_cp = True
+    x = torch.randn(2, 3, 96, 80)
+    grads = []
+    for model in (plain, ckpt):
+        model.train()
+        sum(o.sum() for o in model(x)).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)
+
+
+def test_with_cp_option_reaches_every_block():
+    model = FcaFormer('l1', with_cp=True)
+    assert all(block.with_cp for block in model.stages[0])
+    assert model.stages[2].with_cp and model.stages[3].with_cp
+
+
+def test_frozen_stages_do_not_change():
+    model = FcaFormer(
+        'l1',
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=2,
+        drop_path_rate=0.1,
+        layer_scale_init_value=1.0)
+    model.init_weights()
+    model.train()
+    frozen = [model.downsample_layers[0], model.downsample_layers[1],
+              model.stages[0], model.stages[1], model.norm0, model.norm1]
+    assert all(not p.requires_grad for m in frozen for p in m.parameters())
+    assert all(p.requires_grad for p in model.stages[2].parameters())
+    assert not model.downsample_layers[0].training
+    before = copy.deepcopy(model.state_dict())
+    optim = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.1)
+    sum(o.mean() for o in model(torch.randn(2, 3, 64, 64))).backward()
+    optim.step()
+    after = model.state_dict()
+    for name in before:
+        if name.startswith(('downsample_layers.0.', 'downsample_layers.1.',
+                            'stages.0.', 'stages.1.')):
+            # BN running statistics included: frozen stages run in eval.
+            assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before['stages.2.blocks.0.attn.qkv.weight'],
+                           after['stages.2.blocks.0.attn.qkv.weight'])
+
+
+def test_norm_eval_keeps_batchnorm_statistics():
+    model = FcaFormer('l1', norm_eval=True)
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    assert bns and all(not bn.training for bn in bns)
+    before = bns[-1].running_mean.clone()
+    model(torch.randn(2, 3, 64, 64))
+    assert torch.equal(before, bns[-1].running_mean)
+
+
+def test_drop_path_and_layer_scale_options():
+    model = FcaFormer('l1', drop_path_rate=0.2, layer_scale_init_value=0.5)
+    last = model.stages[3].blocks[-1]
+    assert last.drop_path.drop_prob == pytest.approx(0.2)
+    assert torch.all(last.ls1.weight == 0.5)
+    assert torch.all(model.stages[0][0].gamma == 0.5)
+
+
+def test_last_block_of_a_stage_makes_no_cross_tokens():
+    model = FcaFormer('l2')
+    blocks = model.stages[2].blocks
+    assert blocks[-1].cross_token_conv is None
+    assert all(b.cross_token_conv is not None for b in blocks[:-1])
+    # Block i attends to i * ceil(14 / 4)^2 cross tokens.
+    assert [b.attn.num_cross_tokens for b in blocks] == [
+        16 * i for i in range(7)
+    ]
