@@ -86,8 +86,8 @@ def load_weights(path: str) -> Any:
             f'FcaFormer ImageNet weights can be used as they are, or '
             f'converted with tools/model_converters/official_to_mmfca.py.')
     try:
-        with torch.serialization.safe_globals(safe_globals()):
-            return torch.load(path, map_location='cpu', weights_only=True)
+        # The allow-list is registered on ``import mmfca``.
+        return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
         raise RuntimeError(
             f'Refusing to load {path!r}: it holds Python objects that are '

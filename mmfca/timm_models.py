@@ -3,13 +3,16 @@
 After ``import mmfca``, ``fcaformer_l1`` ... ``fcaformer_l4`` are timm models
 built on the same :class:`~mmfca.models.FcaFormer` backbone, with timm's
 ``features_only=True`` (through ``forward_intermediates``) and loading of
-official or mmfca weights via ``pretrained_cfg_overlay=dict(file=PATH)``.
+official or mmfca weights via ``pretrained=True,
+pretrained_cfg_overlay=dict(file=PATH)`` (timm's loader takes the EMA
+weights, ``model_ema``, when the file has them).
 """
 from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, register_model
+from timm.models import (build_model_with_cfg, generate_default_cfgs,
+                         register_model)
 from timm.models._features import feature_take_indices
 
 from .models import FcaFormer
@@ -166,13 +169,19 @@ def _cfg(**kwargs) -> dict:
         **kwargs)
 
 
+# No hub weights: load a local file with
+# ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)``.
+default_cfgs = generate_default_cfgs(
+    {f'fcaformer_{arch}': _cfg()
+     for arch in FcaFormer.arch_zoo})
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs):
     arch = variant.split('_')[-1]
     return build_model_with_cfg(
         FcaFormerClassifier,
         variant,
         pretrained,
-        pretrained_cfg=_cfg(),
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),
         arch=arch,
