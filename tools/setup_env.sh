@@ -10,8 +10,10 @@
 # so later set-ups reuse it in seconds.
 #
 # Environment variables:
-#   PYTHON             interpreter for the venv (default: python3.11, else python3)
-#   MMFCA_VENV         where the venv goes (default: <repo>/.venv)
+#   PYTHON             interpreter for a new venv (default: python3.11, else python3)
+#   MMFCA_VENV         the environment (default: <repo>/.venv); an existing venv
+#                      or conda prefix with Python 3.11 is used as it is
+#   FORCE_CUDA=1       build mmcv's CUDA ops even where no GPU is visible
 #   MMFCA_WHEEL_CACHE  where the built mmcv wheel is cached
 #   MAX_JOBS           parallel compile jobs for mmcv (default: number of cores)
 set -euo pipefail
@@ -25,19 +27,24 @@ step() { printf '\n==> %s\n' "$*"; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
 trap 'die "set-up failed at line $LINENO (command: $BASH_COMMAND). Fix the cause above and run tools/setup_env.sh again; finished steps are skipped."' ERR
 
-if [ -z "${PYTHON:-}" ]; then
-  if command -v python3.11 >/dev/null; then PYTHON=python3.11; else PYTHON=python3; fi
-fi
-pyver=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
-  || die "cannot run '$PYTHON'. Install Python 3.11 or set PYTHON=/path/to/python3.11."
-[ "$pyver" = "3.11" ] || die "Python 3.11 is required (torch 2.14.1 and mmcv $MMCV_VERSION are pinned for it); '$PYTHON' is $pyver. Set PYTHON=/path/to/python3.11."
+check_python() {
+  local ver
+  ver=$("$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+    || die "cannot run '$1'. Install Python 3.11 or set PYTHON=/path/to/python3.11."
+  [ "$ver" = "3.11" ] || die "Python 3.11 is required (torch 2.14.1 and mmcv $MMCV_VERSION are pinned for it); '$1' is $ver. Set PYTHON=/path/to/python3.11, or MMFCA_VENV to a Python 3.11 environment."
+}
 
-step "virtual environment: $VENV"
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV"
-  echo "created"
-else
+step "environment: $VENV"
+if [ -x "$VENV/bin/python" ]; then
+  check_python "$VENV/bin/python"
   echo "exists, reusing"
+else
+  if [ -z "${PYTHON:-}" ]; then
+    if command -v python3.11 >/dev/null; then PYTHON=python3.11; else PYTHON=python3; fi
+  fi
+  check_python "$PYTHON"
+  "$PYTHON" -m venv "$VENV"
+  echo "created a venv with $PYTHON"
 fi
 PY="$VENV/bin/python"
 # pip, without the notes about index locations this machine's pip.conf names
@@ -65,12 +72,16 @@ if mmcv_ok; then
   echo "already installed with ops"
 else
   mkdir -p "$CACHE"
-  torch_tag=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
-  wheel_dir="$CACHE/torch$torch_tag"
+  # One cached wheel per torch version and kind of ops: mmcv compiles its
+  # CUDA ops when a GPU is visible or FORCE_CUDA=1.
+  build_tag=$("$PY" -c 'import os, torch
+ops = "cuda" if torch.cuda.is_available() or os.getenv("FORCE_CUDA") == "1" else "cpu"
+print(torch.__version__.split("+")[0] + "-" + ops)')
+  wheel_dir="$CACHE/torch$build_tag"
   wheel=$(ls "$wheel_dir"/mmcv-$MMCV_VERSION-*.whl 2>/dev/null | head -n1 || true)
   if [ -z "$wheel" ]; then
     echo "no cached wheel in $wheel_dir: building mmcv from its sdist."
-    echo "This is the long step (about 20 minutes on 2 cores, CPU ops)."
+    echo "This is the long step (about 20 minutes on 2 cores for CPU ops; longer with CUDA)."
     build=$(mktemp -d)
     # The sdist's setup.py imports torch, so fetch it without build isolation
     # (MMCV_WITH_OPS=1, or its metadata names it mmcv-lite).
