@@ -1,0 +1,7 @@
+from .amp import AnyDeviceAmpOptimWrapper
+from .layer_decay import FcaFormerLearningRateDecayOptimizerConstructor
+
+__all__ = [
+    'AnyDeviceAmpOptimWrapper',
+    'FcaFormerLearningRateDecayOptimizerConstructor'
+]

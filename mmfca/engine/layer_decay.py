@@ -1,0 +1,137 @@
+"""Layer-wise learning-rate decay for FcaFormer, as in the official recipes.
+
+mmseg's and mmdet's ``LearningRateDecayOptimizerConstructor`` know ConvNeXt
+and BEiT only. This subclass assigns FcaFormer parameters to layer groups
+exactly as the official downstream code does, quirks included, expressed on
+mmfca's parameter names:
+
+==========================  ==============================  ==============================
+parameters                  ``stage_wise`` (segmentation)   ``layer_wise_cab`` (detection)
+==========================  ==============================  ==============================
+stem                        0                               0
+downsampling into stage 2   0                               0
+downsampling into stage 3   0                               2
+downsampling into stage 4   0                               3
+LSFs (cross_scale), depth   0                               0
+bias, anywhere
+stage 1 / 2 blocks          1 / 2                           1 / 2
+stage 3 block ``b``         3                               3 + b // 3
+stage 4 blocks              4                               ``num_layers``
+everything else (output     ``num_layers + 1``              ``num_layers + 1``
+projections, neck, heads)
+==========================  ==============================  ==============================
+
+A group's learning rate is ``lr * decay_rate ** (num_layers + 1 - id)``: the
+last group trains at the full rate. Weight decay is 0 for 1-D parameters and
+biases; ``stage_wise`` also exempts the position and depth bias tables and
+anything with 'norm' in its name (the official segmentation rule), while
+``layer_wise_cab`` decays those tables (the official detection rule). The
+LSFs are decayed in both, as officially.
+"""
+import json
+import re
+
+from mmengine.dist import get_dist_info
+from mmengine.logging import print_log
+from mmseg.engine.optimizers import LearningRateDecayOptimizerConstructor
+
+DECAY_TYPES = ('stage_wise', 'layer_wise_cab')
+
+
+def fcaformer_layer_id(name: str, decay_type: str, num_layers: int) -> int:
+    """Layer group of a parameter of a model with an FcaFormer backbone.
+
+    Args:
+        name (str): Parameter name in the whole model (``backbone.…``).
+        decay_type (str): 'stage_wise' or 'layer_wise_cab'.
+        num_layers (int): ``paramwise_cfg['num_layers']`` (6 officially).
+    """
+    top = num_layers + 1
+    if not name.startswith('backbone.'):
+        return top
+    if name.endswith(('attn.cross_scale', 'attn.depth_bias')):
+        return 0
+    match = re.match(r'backbone\.downsample_layers\.(\d+)\.', name)
+    if match:
+        index = int(match.group(1))
+        if decay_type == 'stage_wise' or index < 2:
+            return 0
+        return index
+    match = re.match(r'backbone\.stages\.(\d+)\.(?:blocks\.)?(\d+)\.', name)
+    if match:
+        stage, block = int(match.group(1)), int(match.group(2))
+        if decay_type == 'stage_wise':
+            return stage + 1
+        return {0: 1, 1: 2, 2: 3 + block // 3}.get(stage, num_layers)
+    return top
+
+
+def fcaformer_no_weight_decay(name: str, param, decay_type: str) -> bool:
+    """Whether the official recipe exempts a parameter from weight decay."""
+    if param.ndim == 1 or name.endswith('.bias') or name in ('pos_embed',
+                                                             'cls_token'):
+        return True
+    if decay_type == 'stage_wise':
+        return name.endswith(('attn.depth_bias', 'attn.position_bias')) or (
+            'norm' in name)
+    return False
+
+
+class FcaFormerLearningRateDecayOptimizerConstructor(
+        LearningRateDecayOptimizerConstructor):
+    """Learning-rate decay over FcaFormer's stages or layers.
+
+    ``paramwise_cfg`` takes ``decay_rate``, ``decay_type`` ('stage_wise' as
+    the official segmentation recipe, 'layer_wise_cab' as the detection
+    one) and ``num_layers`` (6 in both). See the module docstring for the
+    grouping.
+    """
+
+    def add_params(self, params, module, **kwargs):
+        """Add the parameters of ``module`` to ``params`` in layer groups.
+
+        Args:
+            params (list[dict]): Parameter groups, extended in place.
+            module (nn.Module): The whole model.
+        """
+        decay_type = self.paramwise_cfg.get('decay_type', 'stage_wise')
+        if decay_type not in DECAY_TYPES:
+            raise ValueError(
+                f'FcaFormer learning-rate decay_type must be one of '
+                f'{DECAY_TYPES}, got {decay_type!r}.')
+        for key in ('decay_rate', 'num_layers'):
+            if key not in self.paramwise_cfg:
+                raise KeyError(f'paramwise_cfg needs "{key}" for '
+                               f'{type(self).__name__}.')
+        decay_rate = self.paramwise_cfg['decay_rate']
+        num_layers = self.paramwise_cfg['num_layers']
+        groups = {}
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            no_decay = fcaformer_no_weight_decay(name, param, decay_type)
+            layer_id = fcaformer_layer_id(name, decay_type, num_layers)
+            group_name = f'layer_{layer_id}_{"no_decay" if no_decay else "decay"}'
+            if group_name not in groups:
+                scale = decay_rate**(num_layers + 1 - layer_id)
+                groups[group_name] = dict(
+                    weight_decay=0. if no_decay else self.base_wd,
+                    params=[],
+                    param_names=[],
+                    lr_scale=scale,
+                    group_name=group_name,
+                    lr=scale * self.base_lr)
+            groups[group_name]['params'].append(param)
+            groups[group_name]['param_names'].append(name)
+        if get_dist_info()[0] == 0:
+            summary = {
+                key: dict(
+                    lr_scale=group['lr_scale'],
+                    lr=group['lr'],
+                    weight_decay=group['weight_decay'],
+                    params=len(group['params']))
+                for key, group in sorted(groups.items())
+            }
+            print_log(f'FcaFormer {decay_type} learning-rate decay groups: '
+                      f'{json.dumps(summary, indent=1)}', logger='current')
+        params.extend(groups.values())
