@@ -20,14 +20,25 @@ SCOPE_MODULES = {
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     """Read a config file and apply ``--cfg-options`` overrides.
 
+    Args:
+        path (str): A config file, or ``scope::path`` for a config shipped
+            with mmpretrain, mmseg or mmdet.
+        cfg_options (dict, optional): Overrides, as ``--cfg-options``.
+
     Raises:
         FileNotFoundError: The config file does not exist.
     """
-    if not os.path.isfile(path):
+    if '::' in path:
+        # A codebase's own config, e.g. 'mmseg::convnext/<name>.py'.
+        from mmengine.hub import get_config
+        cfg = get_config(path)
+    elif not os.path.isfile(path):
         raise FileNotFoundError(
             f'Config file not found: {path!r}. The configs shipped with '
-            f'mmfca are in configs/.')
-    cfg = Config.fromfile(path)
+            f'mmfca are in configs/; a codebase\'s own configs are named '
+            f'like mmseg::convnext/<config>.py.')
+    else:
+        cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg

@@ -48,7 +48,11 @@ def _history_buffer_statistic(owner: Any, name: str) -> Any:
     refuses every other attribute lookup a file might ask for.
     """
     from mmengine.logging.history_buffer import HistoryBuffer
-    if owner is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+    # The four built-in statistics, and any registered with
+    # HistoryBuffer.register_statistics in this process.
+    allowed = {'min', 'max', 'current', 'mean'}
+    allowed.update(HistoryBuffer._statistics_methods)
+    if owner is HistoryBuffer and name in allowed:
         return getattr(owner, name)
     raise pickle.UnpicklingError(
         f'getattr({owner!r}, {name!r}) is not allowed in a weights file.')
