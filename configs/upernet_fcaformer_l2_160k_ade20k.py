@@ -85,3 +85,6 @@ tta_pipeline = [
             [dict(type='PackSegInputs')],
         ])
 ]
+
+# --auto-scale-lr scales lr by (GPUs x batch per GPU) / 16.
+auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -13,7 +13,7 @@ from reference import official_shapes
 
 from mmfca.analysis import complexity
 from mmfca.datasets import make_synthetic_ade20k
-from mmfca.launch import train
+from mmfca.launch import test, train
 from mmfca.models.checkpoint import _convert_official_key
 from mmfca.runtime import build_model, load_config
 
@@ -100,6 +100,20 @@ def test_test_tool_prints_and_saves_miou(seg_run, tmp_path):
     assert 0 <= saved['metrics']['mIoU'] <= 100
 
 
+def test_tta_result_dump_and_drawings(seg_run, tmp_path):
+    """--tta (multi-scale + flip), --out (label maps), --show-dir."""
+    metrics = test([
+        SEG_CONFIG, seg_run['checkpoint'], '--work-dir',
+        str(tmp_path / 'work'), '--tta', '--out',
+        str(tmp_path / 'preds'), '--show-dir',
+        str(tmp_path / 'vis'), '--cfg-options'
+    ] + synthetic_overrides(seg_run['root']))
+    assert 0 <= metrics['mIoU'] <= 100
+    assert len(glob(str(tmp_path / 'preds' / '*.png'))) == 4
+    assert len(glob(str(tmp_path / 'vis' / '**' / '*.png'),
+                    recursive=True)) == 4
+
+
 def test_inferencer_and_demo(seg_run, tmp_path):
     image = sorted(glob(os.path.join(seg_run['root'], 'images',
                                      'validation', '*.jpg')))[0]
@@ -112,6 +126,12 @@ def test_inferencer_and_demo(seg_run, tmp_path):
     assert 'predicted classes' in result.stdout
     import mmcv
     assert mmcv.imread(out).shape == mmcv.imread(image).shape
+
+    from mmseg.apis import inference_model, init_model
+    model = init_model(SEG_CONFIG, seg_run['checkpoint'], device='cpu')
+    prediction = inference_model(model, image)
+    assert prediction.pred_sem_seg.data.shape[-2:] == mmcv.imread(
+        image).shape[:2]
 
 
 def test_missing_pretrained_checkpoint_says_what_to_do(synthetic_ade,
