@@ -23,6 +23,41 @@ def sdpa_macs(inputs: List[Any], outputs: List[Any]) -> int:
     return batch * queries * keys * (dims + v[-1])
 
 
+def is_detector(model: nn.Module) -> bool:
+    """Whether ``model`` is an mmdet detector (its tensor mode needs
+    per-image meta information)."""
+    try:
+        from mmdet.models.detectors import BaseDetector
+    except ImportError:
+        return False
+    return isinstance(model, BaseDetector)
+
+
+def detection_samples(inputs: torch.Tensor) -> list:
+    """Per-image meta information of an unscaled, unpadded batch."""
+    from mmdet.structures import DetDataSample
+    height, width = inputs.shape[-2:]
+    meta = dict(
+        img_shape=(height, width),
+        ori_shape=(height, width),
+        pad_shape=(height, width),
+        batch_input_shape=(height, width),
+        scale_factor=(1.0, 1.0))
+    return [DetDataSample(metainfo=meta) for _ in range(inputs.shape[0])]
+
+
+def keep_all_proposals(cfg) -> None:
+    """The counting convention for two-stage detectors: the RPN keeps its
+    ``max_per_img`` proposals (1000 in the 3x configs; NMS, which costs no
+    MACs, is set not to drop any) and every RoI stage sees all of them.
+    Published MACs of Mask / Cascade R-CNN differ in how many proposals
+    they assume, so state this when comparing."""
+    rpn = cfg.model.get('test_cfg', {}).get('rpn')
+    if rpn is not None:
+        rpn.nms.iou_threshold = 1.0
+        rpn.min_bbox_size = 0
+
+
 class TensorForward(nn.Module):
     """Calls an OpenMMLab model in ``mode='tensor'`` so it can be traced.
 
@@ -36,6 +71,9 @@ class TensorForward(nn.Module):
         self.model = model
 
     def forward(self, inputs: torch.Tensor):
+        if is_detector(self.model):
+            return self.model(
+                inputs, detection_samples(inputs), mode='tensor')
         if hasattr(self.model, 'data_preprocessor'):
             return self.model(inputs, mode='tensor')
         return self.model(inputs)

@@ -1,3 +1,3 @@
-from .synthetic import make_synthetic_ade20k
+from .synthetic import make_synthetic_ade20k, make_synthetic_coco
 
-__all__ = ['make_synthetic_ade20k']
+__all__ = ['make_synthetic_ade20k', 'make_synthetic_coco']

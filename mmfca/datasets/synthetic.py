@@ -3,6 +3,7 @@
 They let the whole train -> test cycle run on a CPU in minutes, through the
 codebases' real dataset classes, pipelines and metrics.
 """
+import json
 import os
 from typing import Dict
 
@@ -54,15 +55,20 @@ def _draw_shape(image, label_map, kind, rng, size):
     label_map[region] = kind
 
 
-def _scene(rng, size):
+def _background(rng, size) -> np.ndarray:
+    """A random flat colour with slanted stripes and noise (float)."""
     height, width = size
-    # Background: a random smooth colour gradient with stripes and noise.
     base = rng.uniform(60, 140, 3)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     period = rng.uniform(6, 14)
     stripes = 25 * np.sin((xx + yy * rng.uniform(-1, 1)) / period)
-    image = base[None, None, :] + stripes[..., None] + rng.normal(
+    return base[None, None, :] + stripes[..., None] + rng.normal(
         0, 12, (height, width, 3))
+
+
+def _scene(rng, size):
+    height, width = size
+    image = _background(rng, size)
     label_map = np.full((height, width), SYNTHETIC_ADE_LABELS['background'],
                         np.uint8)
     for kind in rng.choice([2, 3, 4, 5], size=rng.integers(1, 4)):
@@ -106,4 +112,106 @@ def make_synthetic_ade20k(root: str,
             cv2.imwrite(os.path.join(image_dir, name + '.jpg'), image)
             cv2.imwrite(os.path.join(label_dir, name + '.png'), label_map)
         counts[split] = count
+    return counts
+
+
+# COCO categories the synthetic detection scenes use (real COCO ids and
+# names, so the configs' 80-class metadata applies unchanged).
+SYNTHETIC_COCO_CATEGORIES = {
+    1: ('person', 2),  # drawn as rectangles
+    3: ('car', 3),  # ellipses
+    18: ('dog', 4),  # triangles
+}
+
+
+def _polygon_of(mask: np.ndarray) -> list:
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    contour = max(contours, key=cv2.contourArea)
+    return [float(v) for v in contour.reshape(-1)]
+
+
+def _coco_split(rng, count, shape, image_dir, split, first_ann_id):
+    images, annotations = [], []
+    ann_id = first_ann_id
+    for i in range(count):
+        image_id = i + 1
+        name = f'synthetic_{split}_{i:05d}.jpg'
+        height, width = shape
+        # Every fifth image is empty: no objects, no annotations.
+        num_objects = 0 if i % 5 == 4 else int(rng.integers(1, 4))
+        image = _background(rng, shape)
+        for j in range(num_objects):
+            cat_id = int(rng.choice(list(SYNTHETIC_COCO_CATEGORIES)))
+            kind = SYNTHETIC_COCO_CATEGORIES[cat_id][1]
+            label_map = np.zeros((height, width), np.uint8)
+            _draw_shape(image, label_map, kind, rng, shape)
+            mask = (label_map == kind).astype(np.uint8)
+            if mask.sum() < 16:
+                continue
+            x, y, w, h = cv2.boundingRect(mask)
+            annotations.append(
+                dict(
+                    id=ann_id,
+                    image_id=image_id,
+                    category_id=cat_id,
+                    segmentation=[_polygon_of(mask)],
+                    area=float(mask.sum()),
+                    bbox=[float(x), float(y), float(w), float(h)],
+                    # Now and then a crowd region, as COCO has.
+                    iscrowd=int(j == 2)))
+            ann_id += 1
+        cv2.imwrite(
+            os.path.join(image_dir, name),
+            np.clip(image, 0, 255).astype(np.uint8))
+        images.append(
+            dict(id=image_id, file_name=name, height=height, width=width))
+    return images, annotations, ann_id
+
+
+def make_synthetic_coco(root: str,
+                        num_train: int = 40,
+                        num_val: int = 10,
+                        size: int = 128,
+                        seed: int = 0) -> Dict[str, int]:
+    """Write a small instance-segmentation dataset in the COCO 2017 layout.
+
+    ``root/{train2017,val2017}/*.jpg`` and
+    ``root/annotations/instances_{train2017,val2017}.json`` with polygon
+    masks of three COCO categories (see :data:`SYNTHETIC_COCO_CATEGORIES`),
+    some crowd regions and some images without objects, readable by
+    mmdet's ``CocoDataset`` and scored by pycocotools.
+
+    Args:
+        root (str): Dataset root (use it as ``data_root``).
+        num_train (int): Training images. Defaults to 40.
+        num_val (int): Validation images. Defaults to 10.
+        size (int): Image height (width is 4/3 of it). Defaults to 128.
+        seed (int): Random seed. Defaults to 0.
+
+    Returns:
+        dict: Annotations written per split.
+    """
+    rng = np.random.default_rng(seed)
+    shape = (size, size * 4 // 3)
+    categories = [
+        dict(id=cat_id, name=name, supercategory='synthetic')
+        for cat_id, (name, _) in SYNTHETIC_COCO_CATEGORIES.items()
+    ]
+    os.makedirs(os.path.join(root, 'annotations'), exist_ok=True)
+    counts, ann_id = {}, 1
+    for split, count in (('train2017', num_train), ('val2017', num_val)):
+        image_dir = os.path.join(root, split)
+        os.makedirs(image_dir, exist_ok=True)
+        images, annotations, ann_id = _coco_split(rng, count, shape,
+                                                  image_dir, split, ann_id)
+        with open(
+                os.path.join(root, 'annotations',
+                             f'instances_{split}.json'), 'w') as file:
+            json.dump(
+                dict(
+                    images=images,
+                    annotations=annotations,
+                    categories=categories), file)
+        counts[split] = len(annotations)
     return counts

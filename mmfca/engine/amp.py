@@ -31,11 +31,20 @@ class AnyDeviceAmpOptimWrapper(AmpOptimWrapper):
         loss_scale (str | float | dict): As AmpOptimWrapper (unused on CPU).
         dtype (str | torch.dtype, optional): As AmpOptimWrapper; on CPU only
             ``bfloat16`` (the default there) is accepted.
+        cpu_autocast (bool): Autocast on a CPU-only machine. False trains in
+            float32 there, for models with CPU ops that lack bfloat16
+            kernels (mmcv's NMS and RoIAlign: the detectors). Defaults to
+            True.
         **kwargs: As :class:`~mmengine.optim.OptimWrapper`.
     """
 
-    def __init__(self, loss_scale='dynamic', dtype=None, **kwargs):
+    def __init__(self,
+                 loss_scale='dynamic',
+                 dtype=None,
+                 cpu_autocast: bool = True,
+                 **kwargs):
         self.on_cpu = not accelerator_available()
+        self.cpu_autocast = cpu_autocast
         if not self.on_cpu:
             super().__init__(loss_scale=loss_scale, dtype=dtype, **kwargs)
             return
@@ -46,9 +55,15 @@ class AnyDeviceAmpOptimWrapper(AmpOptimWrapper):
         OptimWrapper.__init__(self, **kwargs)
         self.cast_dtype = torch.bfloat16
         self.loss_scaler = None
-        print_log(
-            'No GPU: AMP runs as bfloat16 autocast on the CPU, without loss '
-            'scaling.', logger='current')
+        if cpu_autocast:
+            print_log(
+                'No GPU: AMP runs as bfloat16 autocast on the CPU, without '
+                'loss scaling.', logger='current')
+        else:
+            print_log(
+                'No GPU: training in float32 (cpu_autocast=False: this '
+                'model has CPU ops without bfloat16 kernels).',
+                logger='current')
 
     def backward(self, loss: torch.Tensor, **kwargs):
         if self.on_cpu:
@@ -80,5 +95,5 @@ class AnyDeviceAmpOptimWrapper(AmpOptimWrapper):
                 yield
             return
         with OptimWrapper.optim_context(self, model), torch.autocast(
-                'cpu', dtype=torch.bfloat16):
+                'cpu', dtype=torch.bfloat16, enabled=self.cpu_autocast):
             yield

@@ -4,13 +4,18 @@
 
 Uses mmengine's complexity counter, with the attention matmuls of
 ``scaled_dot_product_attention`` counted (see mmfca/analysis.py). Works for
-mmpretrain, mmseg and mmdet configs (the config's default_scope decides).
+mmpretrain, mmseg and mmdet configs (the config's default_scope decides),
+including the codebases' own configs as ``mmseg::path/to/config.py``.
+
+Two-stage detectors are counted with the RPN keeping all its proposals
+(1000 in the 3x configs) and every RoI stage seeing all of them; published
+figures assume fewer, so compare like with like.
 """
 import argparse
 
 import torch
 
-from mmfca.analysis import complexity
+from mmfca.analysis import complexity, keep_all_proposals
 from mmfca.runtime import DictAction, build_model, load_config
 
 
@@ -37,6 +42,10 @@ def main():
         raise SystemExit('--shape takes H or H W')
     height, width = args.shape if len(args.shape) == 2 else args.shape * 2
     cfg = load_config(args.config, args.cfg_options)
+    if cfg.default_scope == 'mmdet':
+        keep_all_proposals(cfg)
+        print('Convention: the RPN keeps all its proposals and every RoI '
+              'stage sees them.')
     model = build_model(cfg)
     result = complexity(model, torch.randn(1, 3, height, width))
     print(f'Input shape: (1, 3, {height}, {width})')

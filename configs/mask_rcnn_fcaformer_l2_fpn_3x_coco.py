@@ -1,0 +1,40 @@
+# Mask R-CNN + FPN with FcaFormer-L2 on COCO, the paper's 3x multi-scale
+# recipe (36 epochs, steps at 27 and 33, batch 16 = 8 GPUs x 2, 480-800
+# multi-scale training with the DETR-style crop branch). It inherits
+# mmdet's Mask R-CNN ConvNeXt-T 3x config, which has exactly that
+# schedule and augmentation, and swaps in the backbone and the optimiser.
+_base_ = ['mmdet::convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py']
+custom_imports = dict(imports=['mmfca'], allow_failed_imports=False)
+
+# ImageNet-pretrained FcaFormer-L2 (an official checkpoint as it is, its
+# conversion, or one of ours). Override with
+# --cfg-options model.backbone.init_cfg.checkpoint=PATH.
+pretrained = 'checkpoints/fcaformer_l2_in1k.pth'
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='FcaFormer',
+        arch='l2',
+        out_indices=(0, 1, 2, 3),
+        out_channels=(96, 192, 384, 768),
+        drop_path_rate=0.2,
+        layer_scale_init_value=1.0,
+        init_cfg=dict(
+            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+    neck=dict(in_channels=[96, 192, 384, 768]))
+
+# AdamW lr 1e-4, weight decay 0.05, layer-wise decay 0.95 over 6 groups
+# (the official 'layer_wise_cab' grouping), AMP (bfloat16 on CPU).
+optim_wrapper = dict(
+    _delete_=True,
+    type='AnyDeviceAmpOptimWrapper',
+    optimizer=dict(
+        type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    constructor='FcaFormerLearningRateDecayOptimizerConstructor',
+    paramwise_cfg=dict(
+        decay_rate=0.95, decay_type='layer_wise_cab', num_layers=6),
+    loss_scale='dynamic',
+    # mmcv's CPU kernels (NMS, RoIAlign) have no bfloat16 versions, so on a
+    # machine without a GPU this config trains in float32; on GPUs it is AMP.
+    cpu_autocast=False)
