@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import os.path as osp
+import uuid
 from copy import deepcopy
 from typing import Dict, List, Optional
 
@@ -92,6 +93,11 @@ def _prepare(args) -> 'Config':  # noqa: F821
     cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
     _set_work_dir(cfg, args.config, args.work_dir)
+    if 'visualizer' in cfg:
+        # The codebases name their visualizer 'visualizer', and mmengine
+        # hands out one instance per name per process: a second run in the
+        # same process would log into the first run's directory.
+        cfg.visualizer.name = f'visualizer_{uuid.uuid4().hex}'
     register_scope(cfg)
     return cfg
 

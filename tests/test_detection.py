@@ -12,7 +12,7 @@ import torch
 
 from mmfca.analysis import complexity, keep_all_proposals
 from mmfca.datasets import make_synthetic_coco
-from mmfca.launch import test, train
+from mmfca import launch
 from mmfca.models import FcaFormer
 from mmfca.runtime import build_model, load_config
 
@@ -50,6 +50,7 @@ def synthetic_overrides(root, epochs=1):
         'model.test_cfg.rpn.nms_pre=200',
         'model.test_cfg.rpn.max_per_img=100',
         'model.test_cfg.rcnn.max_per_img=20',
+        'model.test_cfg.rcnn.score_thr=0.0',
         'default_hooks.logger.interval=1',
         'randomness.seed=0',
     ]
@@ -72,7 +73,7 @@ def losses_of(work_dir):
 @pytest.fixture(scope='session')
 def mask_rcnn_run(synthetic_coco, tmp_path_factory):
     work_dir = str(tmp_path_factory.mktemp('mask_rcnn'))
-    train([MASK_RCNN, '--work-dir', work_dir, '--cfg-options'] +
+    launch.train([MASK_RCNN, '--work-dir', work_dir, '--cfg-options'] +
           synthetic_overrides(synthetic_coco, epochs=2))
     return dict(work_dir=work_dir, root=synthetic_coco,
                 checkpoint=os.path.join(work_dir, 'epoch_2.pth'))
@@ -91,7 +92,7 @@ def test_mask_rcnn_trains_on_cpu(mask_rcnn_run):
 
 
 def test_cascade_mask_rcnn_trains_on_cpu(synthetic_coco, tmp_path):
-    train([CASCADE, '--work-dir', str(tmp_path), '--cfg-options'] +
+    launch.train([CASCADE, '--work-dir', str(tmp_path), '--cfg-options'] +
           synthetic_overrides(synthetic_coco) +
           ['train_cfg.val_interval=2'])
     losses = losses_of(str(tmp_path))
@@ -124,7 +125,7 @@ def test_test_tool_reports_coco_ap(mask_rcnn_run, tmp_path):
 
 def test_format_only_writes_coco_result_json(mask_rcnn_run, tmp_path):
     prefix = str(tmp_path / 'submission')
-    test([MASK_RCNN, mask_rcnn_run['checkpoint'], '--work-dir',
+    launch.test([MASK_RCNN, mask_rcnn_run['checkpoint'], '--work-dir',
           str(tmp_path / 'work'), '--cfg-options'] +
          synthetic_overrides(mask_rcnn_run['root']) + [
              'test_evaluator.format_only=True',

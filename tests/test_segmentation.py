@@ -13,7 +13,7 @@ from reference import official_shapes
 
 from mmfca.analysis import complexity
 from mmfca.datasets import make_synthetic_ade20k
-from mmfca.launch import test, train
+from mmfca import launch
 from mmfca.models.checkpoint import _convert_official_key
 from mmfca.runtime import build_model, load_config
 
@@ -63,7 +63,7 @@ def synthetic_ade(tmp_path_factory):
 def seg_run(synthetic_ade, tmp_path_factory):
     """Train the real config for 12 iterations on the synthetic data."""
     work_dir = str(tmp_path_factory.mktemp('seg_work_dir'))
-    train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
+    launch.train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
           synthetic_overrides(synthetic_ade))
     return dict(work_dir=work_dir, root=synthetic_ade,
                 checkpoint=os.path.join(work_dir, 'iter_12.pth'))
@@ -102,7 +102,7 @@ def test_test_tool_prints_and_saves_miou(seg_run, tmp_path):
 
 def test_tta_result_dump_and_drawings(seg_run, tmp_path):
     """--tta (multi-scale + flip), --out (label maps), --show-dir."""
-    metrics = test([
+    metrics = launch.test([
         SEG_CONFIG, seg_run['checkpoint'], '--work-dir',
         str(tmp_path / 'work'), '--tta', '--out',
         str(tmp_path / 'preds'), '--show-dir',
@@ -140,7 +140,7 @@ def test_missing_pretrained_checkpoint_says_what_to_do(synthetic_ade,
                if not o.startswith('model.backbone.init_cfg')]
     with pytest.raises(FileNotFoundError,
                        match='fcaformer_l2_in1k.pth.*official_to_mmfca'):
-        train([SEG_CONFIG, '--work-dir', str(tmp_path), '--cfg-options'] +
+        launch.train([SEG_CONFIG, '--work-dir', str(tmp_path), '--cfg-options'] +
               options)
 
 

@@ -115,7 +115,14 @@ def make_synthetic_ade20k(root: str,
     return counts
 
 
-# COCO categories the synthetic detection scenes use (real COCO ids and
+# The 80 COCO category ids (1-90 with gaps), in the order of the names of
+# mmdet's CocoDataset.
+COCO_CATEGORY_IDS = [
+    i for i in range(1, 91)
+    if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
+]
+
+# COCO categories the synthetic detection scenes draw (real COCO ids and
 # names, so the configs' 80-class metadata applies unchanged).
 SYNTHETIC_COCO_CATEGORIES = {
     1: ('person', 2),  # drawn as rectangles
@@ -180,7 +187,8 @@ def make_synthetic_coco(root: str,
     ``root/annotations/instances_{train2017,val2017}.json`` with polygon
     masks of three COCO categories (see :data:`SYNTHETIC_COCO_CATEGORIES`),
     some crowd regions and some images without objects, readable by
-    mmdet's ``CocoDataset`` and scored by pycocotools.
+    mmdet's ``CocoDataset`` and scored by pycocotools. The files list all
+    80 COCO categories, as COCO's do, so 80-class models need no change.
 
     Args:
         root (str): Dataset root (use it as ``data_root``).
@@ -192,11 +200,13 @@ def make_synthetic_coco(root: str,
     Returns:
         dict: Annotations written per split.
     """
+    from mmdet.datasets import CocoDataset
     rng = np.random.default_rng(seed)
     shape = (size, size * 4 // 3)
     categories = [
-        dict(id=cat_id, name=name, supercategory='synthetic')
-        for cat_id, (name, _) in SYNTHETIC_COCO_CATEGORIES.items()
+        dict(id=cat_id, name=name, supercategory='coco')
+        for cat_id, name in zip(COCO_CATEGORY_IDS,
+                                CocoDataset.METAINFO['classes'])
     ]
     os.makedirs(os.path.join(root, 'annotations'), exist_ok=True)
     counts, ann_id = {}, 1
