@@ -225,3 +225,54 @@ def make_synthetic_coco(root: str,
                     categories=categories), file)
         counts[split] = len(annotations)
     return counts
+
+
+# ImageNet classes the synthetic classification images stand for (their
+# indices in ImageNet-1k, so 1000-class heads need no change) and the shape
+# drawn for each.
+SYNTHETIC_IMAGENET_CLASSES = {0: 2, 1: 3, 2: 4, 3: 5}
+
+
+def make_synthetic_imagenet(root: str,
+                            num_train: int = 32,
+                            num_val: int = 8,
+                            size: int = 96,
+                            seed: int = 0) -> Dict[str, int]:
+    """Write a small classification dataset in mmpretrain's ImageNet layout.
+
+    ``root/{train,val}/<class folder>/*.JPEG`` and ``root/meta/{train,val}
+    .txt`` ("relative/path label" per line), readable by mmpretrain's
+    ``ImageNet`` dataset with ``data_root=root``. Each image shows one shape
+    whose kind is the label (four classes, ImageNet indices 0-3).
+
+    Args:
+        root (str): Dataset root (use it as ``data_root``).
+        num_train (int): Training images. Defaults to 32.
+        num_val (int): Validation images. Defaults to 8.
+        size (int): Image side. Defaults to 96.
+        seed (int): Random seed. Defaults to 0.
+
+    Returns:
+        dict: Images written per split.
+    """
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, 'meta'), exist_ok=True)
+    counts = {}
+    for split, count in (('train', num_train), ('val', num_val)):
+        lines = []
+        for i in range(count):
+            label = i % len(SYNTHETIC_IMAGENET_CLASSES)
+            folder = f'class_{label:04d}'
+            os.makedirs(os.path.join(root, split, folder), exist_ok=True)
+            image = _background(rng, (size, size))
+            _draw_shape(image, np.zeros((size, size), np.uint8),
+                        SYNTHETIC_IMAGENET_CLASSES[label], rng, (size, size))
+            name = f'{folder}/synthetic_{split}_{i:05d}.JPEG'
+            cv2.imwrite(
+                os.path.join(root, split, name),
+                np.clip(image, 0, 255).astype(np.uint8))
+            lines.append(f'{name} {label}')
+        with open(os.path.join(root, 'meta', f'{split}.txt'), 'w') as file:
+            file.write('\n'.join(lines) + '\n')
+        counts[split] = count
+    return counts

@@ -29,41 +29,14 @@ anything with 'norm' in its name (the official segmentation rule), while
 LSFs are decayed in both, as officially.
 """
 import json
-import re
 
 from mmengine.dist import get_dist_info
 from mmengine.logging import print_log
 from mmseg.engine.optimizers import LearningRateDecayOptimizerConstructor
 
+from ..models.layer_groups import fcaformer_layer_id
+
 DECAY_TYPES = ('stage_wise', 'layer_wise_cab')
-
-
-def fcaformer_layer_id(name: str, decay_type: str, num_layers: int) -> int:
-    """Layer group of a parameter of a model with an FcaFormer backbone.
-
-    Args:
-        name (str): Parameter name in the whole model (``backbone.…``).
-        decay_type (str): 'stage_wise' or 'layer_wise_cab'.
-        num_layers (int): ``paramwise_cfg['num_layers']`` (6 officially).
-    """
-    top = num_layers + 1
-    if not name.startswith('backbone.'):
-        return top
-    if name.endswith(('attn.cross_scale', 'attn.depth_bias')):
-        return 0
-    match = re.match(r'backbone\.downsample_layers\.(\d+)\.', name)
-    if match:
-        index = int(match.group(1))
-        if decay_type == 'stage_wise' or index < 2:
-            return 0
-        return index
-    match = re.match(r'backbone\.stages\.(\d+)\.(?:blocks\.)?(\d+)\.', name)
-    if match:
-        stage, block = int(match.group(1)), int(match.group(2))
-        if decay_type == 'stage_wise':
-            return stage + 1
-        return {0: 1, 1: 2, 2: 3 + block // 3}.get(stage, num_layers)
-    return top
 
 
 def fcaformer_no_weight_decay(name: str, param, decay_type: str) -> bool:

@@ -238,7 +238,8 @@ def _window_hint(model, state_dict) -> str:
         return ''
     return (' The relative position bias tables do not fit the '
             f'window_size: {"; ".join(hints)}. Keep window_size at the '
-            f'pretraining feature sizes (default (14, 7)).')
+            f'pretraining feature sizes (default (14, 7)), or set '
+            f'resize_bias_tables=True to interpolate them.')
 
 
 def load_backbone_state_dict(model,
@@ -272,6 +273,10 @@ def load_backbone_state_dict(model,
         state_dict, head, unknown = convert_official_keys(state_dict)
         unknown += [f'head.{k}' for k in head]
 
+    if model.resize_bias_tables:
+        for name, module in model.named_modules():
+            if hasattr(module, 'fit_tables'):
+                module.fit_tables(state_dict, name + '.')
     own = model.state_dict()
     mismatched = [(k, tuple(v.shape), tuple(own[k].shape))
                   for k, v in state_dict.items()

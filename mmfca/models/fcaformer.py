@@ -28,6 +28,7 @@ from mmpretrain.models.utils import LayerNorm2d, LayerScale
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checkpoint import load_backbone_state_dict
+from .layer_groups import fcaformer_layer_id
 
 
 class ConvBN(nn.Sequential):
@@ -130,6 +131,28 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     return dy * window_size + dx
 
 
+def resize_token_grids(values: torch.Tensor, blocks: int,
+                       side: int) -> torch.Tensor:
+    """Resize per-token values laid out as ``blocks`` square grids.
+
+    The last dimension holds ``blocks`` grids of ``old * old`` entries (a
+    bias table over (|dy|, |dx|) is one grid; the depth biases and LSFs of
+    a block are one grid per earlier block); each grid is resized to
+    ``side * side`` bicubically.
+
+    Args:
+        values (torch.Tensor): ``(..., blocks * old * old)``.
+        blocks (int): Number of grids.
+        side (int): New grid side.
+    """
+    lead = values.shape[:-1]
+    old = math.isqrt(values.shape[-1] // blocks)
+    grid = values.reshape(-1, blocks, old, old).float()
+    grid = F.interpolate(
+        grid, size=(side, side), mode='bicubic', align_corners=False)
+    return grid.reshape(*lead, blocks * side * side).to(values.dtype)
+
+
 class ForwardCrossAttention(BaseModule):
     """Multi-head attention of the regular tokens over themselves and over
     the cross tokens of earlier blocks.
@@ -148,11 +171,19 @@ class ForwardCrossAttention(BaseModule):
         window_size (int): Side of the square attention window.
         num_cross_tokens (int): Cross tokens this block attends to (0 for the
             first block of a stage).
+        resize_tables (bool): Resize position/depth bias tables and LSFs
+            made for another window when loading a state dict (bicubic).
+            Defaults to False: a mismatch is an error.
     """
 
-    def __init__(self, embed_dims: int, num_heads: int, window_size: int,
-                 num_cross_tokens: int):
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 window_size: int,
+                 num_cross_tokens: int,
+                 resize_tables: bool = False):
         super().__init__()
+        self.resize_tables = resize_tables
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.head_dims = embed_dims // num_heads
@@ -173,6 +204,34 @@ class ForwardCrossAttention(BaseModule):
             self.cross_norm = nn.LayerNorm(embed_dims)
             self.depth_bias = nn.Parameter(
                 torch.zeros(1, num_heads, 1, num_cross_tokens))
+
+    def fit_tables(self, state_dict: dict, prefix: str) -> None:
+        """Resize this module's bias tables and LSFs in ``state_dict`` (keys
+        under ``prefix``) to this module's window, where they differ."""
+        key = prefix + 'position_bias'
+        if key in state_dict and state_dict[key].shape != \
+                self.position_bias.shape:
+            state_dict[key] = resize_token_grids(state_dict[key], 1,
+                                                 self.window_size)
+        if self.num_cross_tokens == 0:
+            return
+        side = math.ceil(self.window_size / 4)
+        blocks = self.num_cross_tokens // (side * side)
+        key = prefix + 'depth_bias'
+        if key in state_dict and state_dict[key].shape != \
+                self.depth_bias.shape:
+            state_dict[key] = resize_token_grids(state_dict[key], blocks, side)
+        key = prefix + 'cross_scale'
+        if key in state_dict and state_dict[key].shape != \
+                self.cross_scale.shape:
+            state_dict[key] = resize_token_grids(
+                state_dict[key].transpose(1, 2), blocks,
+                side).transpose(1, 2)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.resize_tables:
+            self.fit_tables(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def attention_bias(self) -> torch.Tensor:
         """The additive attention mask, ``(1, heads, N, N + cross)``."""
@@ -257,6 +316,7 @@ class FcaBlock(BaseModule):
         drop_path_rate (float): Stochastic depth rate. Defaults to 0.
         layer_scale_init_value (float): Layer scale init. Defaults to 1e-6.
         norm_cfg (dict): Config of the BN after the 3x3 depthwise conv.
+        resize_tables (bool): See :class:`ForwardCrossAttention`.
     """
 
     def __init__(self,
@@ -268,12 +328,13 @@ class FcaBlock(BaseModule):
                  mlp_ratio: float = 4.,
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 1e-6,
-                 norm_cfg: dict = dict(type='BN')):
+                 norm_cfg: dict = dict(type='BN'),
+                 resize_tables: bool = False):
         super().__init__()
         self.window_size = window_size
         self.norm1 = nn.LayerNorm(embed_dims)
         self.attn = ForwardCrossAttention(embed_dims, num_heads, window_size,
-                                          num_cross_tokens)
+                                          num_cross_tokens, resize_tables)
         self.ls1 = LayerScale(embed_dims, layer_scale_init_value)
         if makes_cross_tokens:
             self.cross_token_conv = nn.Conv2d(
@@ -359,6 +420,7 @@ class FcaStage(BaseModule):
         layer_scale_init_value (float): Layer scale init. Defaults to 1e-6.
         norm_cfg (dict): Config of the BN layers.
         with_cp (bool): Checkpoint each block's activations.
+        resize_tables (bool): See :class:`ForwardCrossAttention`.
     """
 
     def __init__(self,
@@ -370,7 +432,8 @@ class FcaStage(BaseModule):
                  mlp_ratio: float = 4.,
                  layer_scale_init_value: float = 1e-6,
                  norm_cfg: dict = dict(type='BN'),
-                 with_cp: bool = False):
+                 with_cp: bool = False,
+                 resize_tables: bool = False):
         super().__init__()
         self.window_size = window_size
         self.with_cp = with_cp
@@ -385,7 +448,8 @@ class FcaStage(BaseModule):
                 mlp_ratio=mlp_ratio,
                 drop_path_rate=drop_path_rates[i],
                 layer_scale_init_value=layer_scale_init_value,
-                norm_cfg=norm_cfg) for i in range(depth)
+                norm_cfg=norm_cfg,
+                resize_tables=resize_tables) for i in range(depth)
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -474,6 +538,11 @@ class FcaFormer(BaseModule):
             Defaults to False.
         with_cp (bool): Activation checkpointing per block. Defaults to
             False.
+        resize_bias_tables (bool): When loading weights made for other
+            windows (e.g. 224 pretraining, then a classifier at 384 with
+            ``window_size=(24, 12)``), resize the position and depth bias
+            tables and the LSFs bicubically instead of failing. Defaults to
+            False.
         init_cfg (dict | list[dict], optional): Initialisation config. A
             ``dict(type='Pretrained', checkpoint=PATH, prefix='backbone.')``
             accepts official ImageNet checkpoints (add ``use_ema=True`` for
@@ -523,6 +592,7 @@ class FcaFormer(BaseModule):
                  frozen_stages: int = 0,
                  norm_eval: bool = False,
                  with_cp: bool = False,
+                 resize_bias_tables: bool = False,
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg or self.default_init_cfg)
         self.arch_settings = self._parse_arch(arch)
@@ -536,6 +606,7 @@ class FcaFormer(BaseModule):
         self.gap_before_final_norm = gap_before_final_norm
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+        self.resize_bias_tables = resize_bias_tables
         if out_channels is not None:
             out_channels = tuple(out_channels)
             if len(out_channels) != self.num_stages:
@@ -574,7 +645,8 @@ class FcaFormer(BaseModule):
                     mlp_ratio=mlp_ratio,
                     layer_scale_init_value=layer_scale_init_value,
                     norm_cfg=norm_cfg,
-                    with_cp=with_cp)
+                    with_cp=with_cp,
+                    resize_tables=resize_bias_tables)
             self.stages.append(stage)
 
         for i in self.out_indices:
@@ -670,6 +742,28 @@ class FcaFormer(BaseModule):
                 else:
                     outs.append(self.output_module(i)(x))
         return tuple(outs)
+
+    def get_layer_depth(self, param_name: str, prefix: str = ''):
+        """Layer depth of a parameter, for mmpretrain's
+        ``LearningRateDecayOptimWrapperConstructor``.
+
+        The groups are the official layer-wise ones of the detection recipe
+        (``layer_wise_cab``, see :mod:`mmfca.engine.layer_decay`) over 6
+        layers, or 12 when stage 3 is deeper than 9 blocks (L3, L4).
+
+        Args:
+            param_name (str): Parameter name.
+            prefix (str): Prefix of the backbone in ``param_name``.
+
+        Returns:
+            tuple[int, int]: The depth and the number of depths.
+        """
+        num_layers = 12 if self.arch_settings['depths'][2] > 9 else 6
+        if not param_name.startswith(prefix):
+            return num_layers + 1, num_layers + 2
+        name = 'backbone.' + param_name[len(prefix):]
+        return fcaformer_layer_id(name, 'layer_wise_cab',
+                                  num_layers), num_layers + 2
 
     def init_weights(self):
         """Initialise the weights, or load them for a Pretrained init_cfg."""
