@@ -202,8 +202,10 @@ def strip_prefix(state_dict: Dict, prefix: Optional[str]) -> OrderedDict:
 def describe_arch(state_dict: Dict[str, torch.Tensor]) -> str:
     """Name the FcaFormer arch that a backbone state dict was made for."""
     from .fcaformer import FcaFormer
+    stage_ids = {int(m.group(1)) for m in (re.match(r'stages\.(\d+)\.', k)
+                                           for k in state_dict) if m}
     channels, depths, heads = [], [], []
-    for stage in range(FcaFormer.num_stages):
+    for stage in range(max(stage_ids, default=-1) + 1):
         blocks = {
             int(m.group(1))
             for m in (re.match(rf'stages\.{stage}\.(?:blocks\.)?(\d+)\.', k)
@@ -218,15 +220,19 @@ def describe_arch(state_dict: Dict[str, torch.Tensor]) -> str:
         heads.append(int(bias.shape[0]) if bias is not None else 0)
     found = dict(channels=tuple(channels), depths=tuple(depths),
                  num_heads=tuple(heads))
+    patch = state_dict.get('downsample_layers.0.weight')
+    if patch is not None:
+        found['patch_size'] = int(patch.shape[-1])
     for name, settings in FcaFormer.arch_zoo.items():
-        if all(tuple(settings[k]) == found[k] for k in found):
+        if settings == found:
             return f"arch='{name}'"
     return f'arch={found}'
 
 
 def _window_hint(model, state_dict) -> str:
     hints = []
-    for stage, size in zip((2, 3), model.window_size):
+    stages = range(model.num_conv_stages, model.num_stages)
+    for stage, size in zip(stages, model.window_size):
         key = f'stages.{stage}.blocks.0.attn.position_bias'
         if key in state_dict:
             table = state_dict[key].shape[-1]

@@ -13,6 +13,7 @@ irregular inputs the maps are padded to whole windows, as the official
 downstream models do.
 """
 import math
+import re
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -512,11 +513,16 @@ class FcaFormer(BaseModule):
         arch (str | dict): 'l1', 'l2', 'l3' or 'l4' (case-insensitive), or a
             dict with ``channels`` (4 ints), ``depths`` (4 ints) and
             ``num_heads`` (4 ints; the first two, for the ConvNeXt stages,
-            are ignored). Defaults to 'l2'.
+            are ignored). 'l0' is the paper's plain model: a 16x16 patch
+            embedding and one stage of FcaBlocks (a dict with one entry per
+            key and ``patch_size`` builds other plain models). Defaults to
+            'l2'.
         in_channels (int): Input image channels. Defaults to 3.
-        window_size (int | Sequence[int]): Attention window of stages 3 and
-            4. Defaults to (14, 7), the feature sizes of 224x224 ImageNet
-            pretraining, so pretrained bias tables load unchanged.
+        window_size (int | Sequence[int], optional): Attention window of
+            each FcaFormer stage (stages 3 and 4; the one stage of 'l0').
+            Defaults to the feature sizes of 224x224 ImageNet pretraining,
+            (14, 7) or (14, ) for 'l0', so pretrained bias tables load
+            unchanged.
         out_indices (int | Sequence[int]): Stages to output. Defaults to -1
             (the last).
         out_channels (Sequence[int], optional): If given, every output is
@@ -551,6 +557,13 @@ class FcaFormer(BaseModule):
     """
 
     arch_zoo = {
+        # The paper's plain model (Table 1): DeiT-Tiny's layout (16x16
+        # patches, 192 channels, 12 blocks, 3 heads) with FcaFormer blocks.
+        'l0': dict(
+            channels=(192, ),
+            depths=(12, ),
+            num_heads=(3, ),
+            patch_size=16),
         'l1': dict(
             channels=(64, 128, 192, 320),
             depths=(2, 2, 6, 2),
@@ -568,8 +581,9 @@ class FcaFormer(BaseModule):
             depths=(3, 6, 12, 3),
             num_heads=(0, 0, 16, 24)),
     }
-    num_stages = 4
-    num_conv_stages = 2
+    # The hybrid archs: a conv stem, 2 ConvNeXt stages, 2 FcaFormer stages.
+    hybrid_stages = 4
+    hybrid_conv_stages = 2
     # The official initialisation: truncated normal for conv and linear
     # weights, unit LayerNorms (BN layers start at weight 1, bias 0).
     default_init_cfg = [
@@ -581,7 +595,7 @@ class FcaFormer(BaseModule):
     def __init__(self,
                  arch: Union[str, dict] = 'l2',
                  in_channels: int = 3,
-                 window_size: Union[int, Sequence[int]] = (14, 7),
+                 window_size: Optional[Union[int, Sequence[int]]] = None,
                  out_indices: Union[int, Sequence[int]] = -1,
                  out_channels: Optional[Sequence[int]] = None,
                  gap_before_final_norm: bool = False,
@@ -599,6 +613,9 @@ class FcaFormer(BaseModule):
         channels = self.arch_settings['channels']
         depths = self.arch_settings['depths']
         num_heads = self.arch_settings['num_heads']
+        patch_size = self.arch_settings.get('patch_size')
+        self.num_stages = len(depths)
+        self.num_conv_stages = 0 if patch_size else self.hybrid_conv_stages
         self.channels = channels
         self.in_channels = in_channels
         self.window_size = self._parse_window_size(window_size)
@@ -616,8 +633,12 @@ class FcaFormer(BaseModule):
         self.out_channels = out_channels
 
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        self.downsample_layers = ModuleList(
-            [ConvStem(in_channels, channels[0], norm_cfg)])
+        if patch_size:
+            stem = nn.Conv2d(
+                in_channels, channels[0], patch_size, stride=patch_size)
+        else:
+            stem = ConvStem(in_channels, channels[0], norm_cfg)
+        self.downsample_layers = ModuleList([stem])
         for i in range(1, self.num_stages):
             self.downsample_layers.append(
                 Downsample(channels[i - 1], channels[i], norm_cfg))
@@ -675,16 +696,21 @@ class FcaFormer(BaseModule):
             raise TypeError(
                 f'arch must be a str or a dict, got {type(arch).__name__}.')
         needed = {'channels', 'depths', 'num_heads'}
-        if set(arch) != needed:
+        if not needed <= set(arch) <= needed | {'patch_size'}:
             raise ValueError(
                 f'A custom FcaFormer arch needs exactly the keys '
-                f'{sorted(needed)}, got {sorted(arch)}.')
+                f'{sorted(needed)} (plus "patch_size" for a plain model), '
+                f'got {sorted(arch)}.')
         settings = {k: tuple(int(v) for v in arch[k]) for k in needed}
+        plain = 'patch_size' in arch
+        stages = len(settings['depths']) if plain else cls.hybrid_stages
         for key, values in settings.items():
-            if len(values) != cls.num_stages:
-                raise ValueError(f'arch["{key}"] needs {cls.num_stages} '
-                                 f'entries, got {values}.')
-        for i in range(cls.num_conv_stages, cls.num_stages):
+            if len(values) != stages:
+                raise ValueError(f'arch["{key}"] needs {stages} entries, got '
+                                 f'{values}.')
+        if plain:
+            settings['patch_size'] = int(arch['patch_size'])
+        for i in range(0 if plain else cls.hybrid_conv_stages, stages):
             width, heads = settings['channels'][i], settings['num_heads'][i]
             if heads <= 0 or width % heads:
                 raise ValueError(
@@ -693,15 +719,20 @@ class FcaFormer(BaseModule):
                     f'the channels.')
         return settings
 
-    def _parse_window_size(self, window_size) -> Tuple[int, int]:
+    def _parse_window_size(self, window_size) -> Tuple[int, ...]:
+        count = self.num_stages - self.num_conv_stages
+        if window_size is None:
+            # The feature sizes of 224x224 pretraining.
+            stride = self.arch_settings.get('patch_size') or 16
+            window_size = tuple(224 // (stride * 2**i) for i in range(count))
         if isinstance(window_size, int):
-            window_size = (window_size, ) * 2
+            window_size = (window_size, ) * count
         window_size = tuple(window_size)
-        if len(window_size) != 2 or any(
+        if len(window_size) != count or any(
                 not isinstance(w, int) or w < 1 for w in window_size):
             raise ValueError(
-                f'window_size must be a positive int or two of them (stages '
-                f'3 and 4), got {window_size}.')
+                f'window_size must be a positive int or {count} of them (one '
+                f'per FcaFormer stage), got {window_size}.')
         return window_size
 
     def _parse_out_indices(self, out_indices) -> Tuple[int, ...]:
@@ -749,7 +780,8 @@ class FcaFormer(BaseModule):
 
         The groups are the official layer-wise ones of the detection recipe
         (``layer_wise_cab``, see :mod:`mmfca.engine.layer_decay`) over 6
-        layers, or 12 when stage 3 is deeper than 9 blocks (L3, L4).
+        layers, or 12 when stage 3 is deeper than 9 blocks (L3, L4); the
+        plain 'l0' has one depth per block.
 
         Args:
             param_name (str): Parameter name.
@@ -758,11 +790,23 @@ class FcaFormer(BaseModule):
         Returns:
             tuple[int, int]: The depth and the number of depths.
         """
-        num_layers = 12 if self.arch_settings['depths'][2] > 9 else 6
+        depths = self.arch_settings['depths']
+        if self.num_conv_stages == 0:
+            # Plain model: one depth per block, the stem at 0.
+            num_layers = depths[0]
+        else:
+            num_layers = 12 if depths[2] > 9 else 6
         if not param_name.startswith(prefix):
             return num_layers + 1, num_layers + 2
-        name = 'backbone.' + param_name[len(prefix):]
-        return fcaformer_layer_id(name, 'layer_wise_cab',
+        name = param_name[len(prefix):]
+        if self.num_conv_stages == 0:
+            match = re.match(r'stages\.0\.blocks\.(\d+)\.', name)
+            if match:
+                return int(match.group(1)) + 1, num_layers + 2
+            if name.startswith('downsample_layers.'):
+                return 0, num_layers + 2
+            return num_layers + 1, num_layers + 2
+        return fcaformer_layer_id('backbone.' + name, 'layer_wise_cab',
                                   num_layers), num_layers + 2
 
     def init_weights(self):
