@@ -63,6 +63,23 @@ class ConvBN(nn.Sequential):
                     bias=False),
                 bn=build_norm_layer(norm_cfg, out_channels)[1]))
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """One convolution with bias equal to this pair in eval mode."""
+        conv, bn = self.conv, self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        fused = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            groups=conv.groups,
+            bias=True).to(conv.weight.device)
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        return fused
+
 
 class ConvStem(BaseModule):
     """Two 3x3 stride-2 conv-BN layers with GELU between: 4x downsampling.
@@ -190,6 +207,7 @@ class ForwardCrossAttention(BaseModule):
         self.head_dims = embed_dims // num_heads
         self.window_size = window_size
         self.num_cross_tokens = num_cross_tokens
+        self.deploy_bias = None
 
         self.qkv = nn.Linear(embed_dims, embed_dims * 3)
         self.proj = nn.Linear(embed_dims, embed_dims)
@@ -235,7 +253,10 @@ class ForwardCrossAttention(BaseModule):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def attention_bias(self) -> torch.Tensor:
-        """The additive attention mask, ``(1, heads, N, N + cross)``."""
+        """The additive attention mask, ``(1, heads, N, N + cross)``; the
+        precomputed one after :meth:`FcaFormer.switch_to_deploy`."""
+        if self.deploy_bias is not None:
+            return self.deploy_bias
         bias = self.position_bias[:, self.position_bias_index].unsqueeze(0)
         if self.num_cross_tokens == 0:
             return bias
@@ -624,6 +645,7 @@ class FcaFormer(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.resize_bias_tables = resize_bias_tables
+        self.deploy = False
         if out_channels is not None:
             out_channels = tuple(out_channels)
             if len(out_channels) != self.num_stages:
@@ -773,6 +795,26 @@ class FcaFormer(BaseModule):
                 else:
                     outs.append(self.output_module(i)(x))
         return tuple(outs)
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> 'FcaFormer':
+        """Prepare for inference, as mmpretrain's LeViT and RepVGG do: fold
+        every conv + BatchNorm pair into one convolution and precompute the
+        attention bias masks. Outputs equal eval-mode outputs (up to float
+        rounding); the model can no longer be trained or load checkpoints.
+
+        Returns:
+            FcaFormer: ``self``, in eval mode.
+        """
+        self.eval()
+        for module in list(self.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, ConvBN):
+                    setattr(module, name, child.fuse())
+            if isinstance(module, ForwardCrossAttention):
+                module.deploy_bias = module.attention_bias().detach().clone()
+        self.deploy = True
+        return self
 
     def get_layer_depth(self, param_name: str, prefix: str = ''):
         """Layer depth of a parameter, for mmpretrain's

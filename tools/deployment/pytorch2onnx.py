@@ -1,0 +1,52 @@
+"""Export an FcaFormer classifier or dense backbone to ONNX and check it
+against PyTorch in onnxruntime.
+
+    python tools/deployment/pytorch2onnx.py CONFIG [--checkpoint CKPT]
+        [--out model.onnx] [--shape H W] [--dense] [--check-shape H W]
+
+A classifier config exports the whole model (images -> logits) at a fixed
+224x224 size. ``--dense`` exports the backbone of a segmentation or
+detection config (images -> stage outputs) with dynamic height and width.
+The backbone is switched to deploy mode first (conv-BN folded, attention
+bias masks precomputed).
+"""
+import argparse
+
+import numpy as np
+import torch
+
+from mmfca.deploy import check_onnx, export_onnx
+from mmfca.runtime import build_model, load_config
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--checkpoint', help='checkpoint to load')
+    parser.add_argument('--out', default='fcaformer.onnx')
+    parser.add_argument('--shape', type=int, nargs=2, default=[224, 224],
+                        help='export input height and width')
+    parser.add_argument('--dense', action='store_true',
+                        help='export the backbone with dynamic H and W')
+    parser.add_argument('--check-shape', type=int, nargs=2,
+                        help='also compare outputs at this input size')
+    args = parser.parse_args()
+    model = build_model(load_config(args.config))
+    if args.checkpoint:
+        from mmengine.runner import load_checkpoint
+        load_checkpoint(model, args.checkpoint, map_location='cpu')
+    export_onnx(model, args.out, tuple(args.shape), dense=args.dense)
+    shapes = [tuple(args.shape)]
+    if args.check_shape:
+        shapes.append(tuple(args.check_shape))
+    for shape in shapes:
+        error = check_onnx(model, args.out, shape, dense=args.dense)
+        print(f'{shape[0]}x{shape[1]}: max |onnxruntime - torch| = '
+              f'{error:.2e}')
+    print(f'saved {args.out}')
+
+
+if __name__ == '__main__':
+    np.set_printoptions(precision=4)
+    torch.set_grad_enabled(False)
+    main()
