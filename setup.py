@@ -27,8 +27,11 @@ setup(
     python_requires='>=3.9',
     install_requires=[
         r for r in read_requirements('requirements.txt')
-        if not r.startswith(('mmcv', 'pytest', 'matplotlib'))
+        if not r.startswith(('mmcv', 'pytest', 'matplotlib', 'onnx'))
     ],
-    extras_require={'tests': ['pytest', 'matplotlib']},
+    extras_require={
+        'tests': ['pytest', 'matplotlib'],
+        'deploy': ['onnx', 'onnxscript', 'onnxruntime'],
+    },
     license='Apache-2.0',
 )

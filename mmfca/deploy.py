@@ -37,29 +37,35 @@ def prepared(model: nn.Module, dense: bool) -> ExportWrapper:
     return ExportWrapper(model, dense).eval()
 
 
-def export_onnx(model: nn.Module, path: str, shape: Tuple[int, int],
-                dense: bool = False) -> None:
-    """Export to ``path``; dense exports get dynamic height and width.
+def export_onnx(model: nn.Module,
+                path: str,
+                shape: Tuple[int, int],
+                dense: bool = False,
+                dynamic: bool = False) -> None:
+    """Export to ``path``.
 
     Args:
         model (nn.Module): See :class:`ExportWrapper`.
         path (str): Output .onnx file.
-        shape (tuple[int, int]): Example input height and width.
-        dense (bool): Export the backbone with dynamic H and W.
+        shape (tuple[int, int]): Input height and width.
+        dense (bool): Export the backbone instead of the classifier.
+        dynamic (bool): Dynamic height and width (torch.export symbolic
+            shapes). Experimental: with torch 2.14 the export of the
+            windowed stages did not finish in 10 minutes here.
     """
     wrapper = prepared(model, dense)
     images = torch.randn(1, 3, *shape)
-    dynamic = None
-    if dense:
+    dynamic_shapes = None
+    if dynamic:
         height = torch.export.Dim('height', min=32, max=4096)
         width = torch.export.Dim('width', min=32, max=4096)
-        dynamic = {'images': {2: height, 3: width}}
+        dynamic_shapes = {'images': {2: height, 3: width}}
     with torch.no_grad():
         torch.onnx.export(
             wrapper, (images, ),
             path,
             input_names=['images'],
-            dynamic_shapes=dynamic,
+            dynamic_shapes=dynamic_shapes,
             dynamo=True)
 
 

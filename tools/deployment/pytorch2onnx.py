@@ -2,13 +2,14 @@
 against PyTorch in onnxruntime.
 
     python tools/deployment/pytorch2onnx.py CONFIG [--checkpoint CKPT]
-        [--out model.onnx] [--shape H W] [--dense] [--check-shape H W]
+        [--out model.onnx] [--shape H W] [--dense [--dynamic]]
 
-A classifier config exports the whole model (images -> logits) at a fixed
-224x224 size. ``--dense`` exports the backbone of a segmentation or
-detection config (images -> stage outputs) with dynamic height and width.
-The backbone is switched to deploy mode first (conv-BN folded, attention
-bias masks precomputed).
+A classifier config exports the whole model (images -> logits).
+``--dense`` exports the backbone of a segmentation or detection config
+(images -> stage outputs) at the given size; ``--dynamic`` asks for dynamic
+height and width, which is experimental (see mmfca/deploy.py). The backbone
+is switched to deploy mode first (conv-BN folded, attention bias masks
+precomputed); the export is checked against PyTorch in onnxruntime.
 """
 import argparse
 
@@ -27,17 +28,20 @@ def main():
     parser.add_argument('--shape', type=int, nargs=2, default=[224, 224],
                         help='export input height and width')
     parser.add_argument('--dense', action='store_true',
-                        help='export the backbone with dynamic H and W')
+                        help='export the backbone (stage outputs)')
+    parser.add_argument('--dynamic', action='store_true',
+                        help='dynamic height and width (experimental)')
     parser.add_argument('--check-shape', type=int, nargs=2,
-                        help='also compare outputs at this input size')
+                        help='with --dynamic, also compare at this size')
     args = parser.parse_args()
     model = build_model(load_config(args.config))
     if args.checkpoint:
         from mmengine.runner import load_checkpoint
         load_checkpoint(model, args.checkpoint, map_location='cpu')
-    export_onnx(model, args.out, tuple(args.shape), dense=args.dense)
+    export_onnx(model, args.out, tuple(args.shape), dense=args.dense,
+                dynamic=args.dynamic)
     shapes = [tuple(args.shape)]
-    if args.check_shape:
+    if args.check_shape and args.dynamic:
         shapes.append(tuple(args.check_shape))
     for shape in shapes:
         error = check_onnx(model, args.out, shape, dense=args.dense)

@@ -1,0 +1,66 @@
+"""Deploy mode, torch.compile and ONNX export."""
+import copy
+import os
+
+import torch
+
+from mmfca.deploy import check_onnx, export_onnx
+from mmfca.models import FcaFormer
+from mmfca.runtime import build_model, load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def trained_like(arch='l2', **kwargs):
+    """A backbone with non-trivial BN statistics and layer scales."""
+    torch.manual_seed(0)
+    model = FcaFormer(arch, layer_scale_init_value=1.0, **kwargs)
+    model.init_weights()
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 96, 96))
+    return model.eval()
+
+
+def test_switch_to_deploy_keeps_the_outputs():
+    model = trained_like(out_indices=(0, 1, 2, 3),
+                         out_channels=(96, 192, 384, 768))
+    deployed = copy.deepcopy(model).switch_to_deploy()
+    assert not any(type(m).__name__ == 'ConvBN' for m in deployed.modules())
+    for size in [(224, 224), (150, 110)]:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            for ref, out in zip(model(x), deployed(x)):
+                assert ((ref - out).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_torch_compile_traces_without_graph_breaks():
+    model = trained_like('l1', out_indices=(0, 1, 2, 3))
+    compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+    x = torch.randn(1, 3, 100, 130)
+    with torch.no_grad():
+        for ref, out in zip(model(x), compiled(x)):
+            torch.testing.assert_close(out, ref)
+
+
+def test_onnx_export_of_the_classifier(tmp_path):
+    model = build_model(
+        load_config(os.path.join(REPO, 'configs/fcaformer_l1_in1k.py')))
+    path = str(tmp_path / 'l1.onnx')
+    export_onnx(model, path, (224, 224))
+    assert check_onnx(model, path, (224, 224)) < 1e-4
+
+
+class Dense(torch.nn.Module):
+    """Anything with a ``backbone`` exports in dense mode."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+
+def test_onnx_export_of_the_dense_backbone(tmp_path):
+    model = Dense(trained_like('l1', out_indices=(0, 1, 2, 3)))
+    path = str(tmp_path / 'dense.onnx')
+    export_onnx(model, path, (150, 110), dense=True)
+    assert check_onnx(model, path, (150, 110), dense=True) < 1e-4
