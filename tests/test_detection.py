@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmfca.analysis import complexity, keep_all_proposals
-from mmfca.datasets import make_synthetic_coco
+from mmfca.datasets import coco_cpu_overrides, make_synthetic_coco
 from mmfca import launch
 from mmfca.models import FcaFormer
 from mmfca.runtime import build_model, load_config
@@ -23,38 +23,8 @@ CASCADE = os.path.join(
 
 
 def synthetic_overrides(root, epochs=1):
-    """--cfg-options that fit the 3x configs to synthetic COCO on a CPU
-    (the README shows the same ones)."""
-    ann = os.path.join(root, 'annotations', 'instances_val2017.json')
-    options = [f'{split}_dataloader.dataset.data_root={root}/'
-               for split in ('train', 'val', 'test')]
-    options += [f'val_evaluator.ann_file={ann}',
-                f'test_evaluator.ann_file={ann}']
-    for split in ('train', 'val', 'test'):
-        options += [f'{split}_dataloader.num_workers=0',
-                    f'{split}_dataloader.persistent_workers=False']
-    crop = 'train_dataloader.dataset.pipeline.3.transforms'
-    options += [
-        f'{crop}.0.0.scales=[(213,128)]',
-        f'{crop}.1.0.scales=[(213,112)]',
-        f'{crop}.1.1.crop_size=(96,128)',
-        f'{crop}.1.2.scales=[(213,128)]',
-        'val_dataloader.dataset.pipeline.1.scale=(213,128)',
-        'test_dataloader.dataset.pipeline.1.scale=(213,128)',
-        'model.backbone.init_cfg=None',
-        'optim_wrapper.optimizer.lr=0.0002',
-        'param_scheduler.0.end=2',
-        f'train_cfg.max_epochs={epochs}',
-        'model.train_cfg.rpn_proposal.nms_pre=200',
-        'model.train_cfg.rpn_proposal.max_per_img=100',
-        'model.test_cfg.rpn.nms_pre=200',
-        'model.test_cfg.rpn.max_per_img=100',
-        'model.test_cfg.rcnn.max_per_img=20',
-        'model.test_cfg.rcnn.score_thr=0.0',
-        'default_hooks.logger.interval=1',
-        'randomness.seed=0',
-    ]
-    return options
+    """The --cfg-options of the README's CPU run."""
+    return coco_cpu_overrides(root, epochs)
 
 
 @pytest.fixture(scope='session')
@@ -93,8 +63,7 @@ def test_mask_rcnn_trains_on_cpu(mask_rcnn_run):
 
 def test_cascade_mask_rcnn_trains_on_cpu(synthetic_coco, tmp_path):
     launch.train([CASCADE, '--work-dir', str(tmp_path), '--cfg-options'] +
-          synthetic_overrides(synthetic_coco) +
-          ['train_cfg.val_interval=2'])
+          synthetic_overrides(synthetic_coco))
     losses = losses_of(str(tmp_path))
     assert len(losses) == 4
     assert all(torch.isfinite(torch.tensor(losses)))

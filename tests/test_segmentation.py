@@ -12,7 +12,7 @@ from mmengine.optim import build_optim_wrapper
 from reference import official_shapes
 
 from mmfca.analysis import complexity
-from mmfca.datasets import make_synthetic_ade20k
+from mmfca.datasets import ade20k_cpu_overrides, make_synthetic_ade20k
 from mmfca import launch
 from mmfca.models.checkpoint import _convert_official_key
 from mmfca.runtime import build_model, load_config
@@ -22,34 +22,8 @@ SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
 
 
 def synthetic_overrides(root, iters=12):
-    """The --cfg-options that fit the config to the synthetic data on a
-    CPU (the README shows the same ones)."""
-    options = [
-        f'{split}_dataloader.dataset.data_root={root}'
-        for split in ('train', 'val', 'test')
-    ]
-    for split in ('train', 'val', 'test'):
-        options += [f'{split}_dataloader.num_workers=0',
-                    f'{split}_dataloader.persistent_workers=False']
-    options += [
-        'train_dataloader.dataset.pipeline.2.scale=(170,128)',
-        'train_dataloader.dataset.pipeline.3.crop_size=(96,96)',
-        'model.data_preprocessor.size=(96,96)',
-        'val_dataloader.dataset.pipeline.1.scale=(170,128)',
-        'test_dataloader.dataset.pipeline.1.scale=(170,128)',
-        'model.test_cfg.mode=whole',
-        'model.backbone.init_cfg=None',
-        'optim_wrapper.optimizer.lr=0.001',
-        'param_scheduler.0.end=2',
-        'param_scheduler.1.begin=2',
-        f'param_scheduler.1.end={iters}',
-        f'train_cfg.max_iters={iters}',
-        f'train_cfg.val_interval={iters}',
-        f'default_hooks.checkpoint.interval={iters}',
-        'default_hooks.logger.interval=1',
-        'randomness.seed=0',
-    ]
-    return options
+    """The --cfg-options of the README's CPU cycle."""
+    return ade20k_cpu_overrides(root, iters)
 
 
 @pytest.fixture(scope='session')

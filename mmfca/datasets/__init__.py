@@ -1,6 +1,8 @@
-from .synthetic import (make_synthetic_ade20k, make_synthetic_coco,
+from .synthetic import (ade20k_cpu_overrides, coco_cpu_overrides,
+                        make_synthetic_ade20k, make_synthetic_coco,
                         make_synthetic_imagenet)
 
 __all__ = [
-    'make_synthetic_ade20k', 'make_synthetic_coco', 'make_synthetic_imagenet'
+    'make_synthetic_ade20k', 'make_synthetic_coco', 'make_synthetic_imagenet',
+    'ade20k_cpu_overrides', 'coco_cpu_overrides'
 ]

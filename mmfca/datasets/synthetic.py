@@ -276,3 +276,101 @@ def make_synthetic_imagenet(root: str,
             file.write('\n'.join(lines) + '\n')
         counts[split] = count
     return counts
+
+
+def _loader_overrides(root: str, suffix: str = '') -> list:
+    options = []
+    for split in ('train', 'val', 'test'):
+        options += [
+            f'{split}_dataloader.dataset.data_root={root}{suffix}',
+            f'{split}_dataloader.num_workers=0',
+            f'{split}_dataloader.persistent_workers=False',
+        ]
+    return options
+
+
+def ade20k_cpu_overrides(root: str,
+                         iters: int,
+                         lr: float = 1e-3,
+                         warmup: int = 2,
+                         log_interval: int = 1) -> list:
+    """``--cfg-options`` that fit the UperNet config to
+    :func:`make_synthetic_ade20k` data on a CPU: small crops, no workers,
+    a short schedule, no pretrained checkpoint.
+
+    Args:
+        root (str): The synthetic dataset root.
+        iters (int): Training iterations (validation and checkpoint at the
+            end).
+        lr (float): Learning rate. Defaults to 1e-3.
+        warmup (int): Linear warm-up iterations. Defaults to 2.
+        log_interval (int): Logging interval. Defaults to 1.
+    """
+    return _loader_overrides(root) + [
+        'train_dataloader.dataset.pipeline.2.scale=(170,128)',
+        'train_dataloader.dataset.pipeline.3.crop_size=(96,96)',
+        'model.data_preprocessor.size=(96,96)',
+        'val_dataloader.dataset.pipeline.1.scale=(170,128)',
+        'test_dataloader.dataset.pipeline.1.scale=(170,128)',
+        'model.test_cfg.mode=whole',
+        'model.backbone.init_cfg=None',
+        f'optim_wrapper.optimizer.lr={lr}',
+        f'param_scheduler.0.end={warmup}',
+        f'param_scheduler.1.begin={warmup}',
+        f'param_scheduler.1.end={iters}',
+        f'train_cfg.max_iters={iters}',
+        f'train_cfg.val_interval={iters}',
+        f'default_hooks.checkpoint.interval={iters}',
+        f'default_hooks.logger.interval={log_interval}',
+        'randomness.seed=0',
+    ]
+
+
+def coco_cpu_overrides(root: str,
+                       epochs: int,
+                       lr: float = 2e-4,
+                       warmup: int = 2,
+                       log_interval: int = 1) -> list:
+    """``--cfg-options`` that fit the 3x Mask / Cascade Mask R-CNN configs
+    to :func:`make_synthetic_coco` data on a CPU: small images, fewer
+    proposals, a short schedule with steps at 3/4 and 11/12 of it, no
+    pretrained checkpoint, every detection kept for scoring.
+
+    Args:
+        root (str): The synthetic dataset root.
+        epochs (int): Training epochs (validation at the end).
+        lr (float): Learning rate. Defaults to 2e-4.
+        warmup (int): Linear warm-up iterations. Defaults to 2.
+        log_interval (int): Logging interval. Defaults to 1.
+    """
+    ann = os.path.join(root, 'annotations', 'instances_val2017.json')
+    crop = 'train_dataloader.dataset.pipeline.3.transforms'
+    # The 3x schedule's steps at 27/36 and 33/36, scaled; none in short runs.
+    steps = [epochs * 3 // 4, epochs * 11 // 12] if epochs >= 4 else [
+        epochs, epochs
+    ]
+    return _loader_overrides(root, '/') + [
+        f'val_evaluator.ann_file={ann}',
+        f'test_evaluator.ann_file={ann}',
+        f'{crop}.0.0.scales=[(213,128)]',
+        f'{crop}.1.0.scales=[(213,112)]',
+        f'{crop}.1.1.crop_size=(96,128)',
+        f'{crop}.1.2.scales=[(213,128)]',
+        'val_dataloader.dataset.pipeline.1.scale=(213,128)',
+        'test_dataloader.dataset.pipeline.1.scale=(213,128)',
+        'model.backbone.init_cfg=None',
+        f'optim_wrapper.optimizer.lr={lr}',
+        f'param_scheduler.0.end={warmup}',
+        f'param_scheduler.1.end={epochs}',
+        f'param_scheduler.1.milestones=[{steps[0]},{steps[1]}]',
+        f'train_cfg.max_epochs={epochs}',
+        f'train_cfg.val_interval={epochs}',
+        'model.train_cfg.rpn_proposal.nms_pre=200',
+        'model.train_cfg.rpn_proposal.max_per_img=100',
+        'model.test_cfg.rpn.nms_pre=200',
+        'model.test_cfg.rpn.max_per_img=100',
+        'model.test_cfg.rcnn.max_per_img=20',
+        'model.test_cfg.rcnn.score_thr=0.0',
+        f'default_hooks.logger.interval={log_interval}',
+        'randomness.seed=0',
+    ]

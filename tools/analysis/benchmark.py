@@ -30,6 +30,7 @@ import os
 import os.path as osp
 import resource
 import statistics
+import sys
 import time
 
 import torch
@@ -99,7 +100,8 @@ def time_call(fn, device, warmup, repeat):
 
 
 def prepare(model, device, compile_model):
-    model = model.to(device).eval()
+    model = model.to(device)
+    model.eval()  # some backbones' train() returns None, so not chained
     if compile_model:
         model = torch.compile(model)
     return model
@@ -119,6 +121,9 @@ def official_l2(repo):
     path = osp.join(repo, 'image_classification', 'models', 'fcaformer.py')
     spec = importlib.util.spec_from_file_location('official_fcaformer', path)
     module = importlib.util.module_from_spec(spec)
+    # timm's register_model looks the module up; the official file also
+    # registers 'fcaformer_l*' names in timm, for this process only.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module.fcaformer_l2()
 
@@ -151,7 +156,8 @@ def _peak_rss_child(build, queue):
 def peak_memory_mb(build, device):
     """Extra memory of one batch-1 224x224 forward, in MB."""
     if device.startswith('cuda'):
-        model = build().to(device).eval()
+        model = build().to(device)
+        model.eval()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         with torch.no_grad():
@@ -184,7 +190,7 @@ def report(section, results, key='median_ms'):
     for name, value in results.items():
         ratio = f'{value[key] / base[key]:.2f}x ConvNeXt-T' if base else ''
         spread = (f' (min {value["min_ms"]:.1f}, max {value["max_ms"]:.1f})'
-                  if 'min_ms' in value else '')
+                  if key == 'median_ms' else '')
         print(f'  {name:28s} {value[key]:9.1f}{spread}  {ratio}')
 
 
@@ -244,7 +250,8 @@ def main():
         model = build_model(load_config(path))
         if hasattr(model.backbone, 'switch_to_deploy'):
             model.backbone.switch_to_deploy()
-        model = model.to(device).eval()
+        model = model.to(device)
+        model.eval()
         size = (800, 1216) if name in DETECTORS else (512, 512)
         x = torch.randn(1, 3, *size, device=device)
         whole[name] = time_call(forward_fn(model, x), device, 1, 3)
