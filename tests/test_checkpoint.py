@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import L2_DENSE_WIDTHS
 from mmengine.runner import load_checkpoint
 from reference import reference_forward
@@ -44,13 +43,16 @@ def test_official_imagenet_checkpoint_loads_model_weights(
     assert_backbone_equals(model, ckpt['model'])
     report = model.load_report
     # Every backbone tensor came from the file; only the new output
-    # projections did not, and the classifier head was not used.
+    # projections did not, and the classifier's ending was not used.
     assert not report['missing']
     assert sorted({k.split('.')[0] for k in report['new_outputs']}) == [
         'proj0', 'proj1', 'proj2', 'proj3'
     ]
-    assert 'head.fc.weight' in report['unused'] or \
-        'head.weight' in report['unused']
+    # The classifier's final norm (norm_head, our norm3) has no place in a
+    # backbone with output projections either.
+    assert sorted(report['unused']) == [
+        'head.bias', 'head.weight', 'norm3.bias', 'norm3.weight'
+    ]
 
 
 def test_official_imagenet_checkpoint_ema_on_request(official_cls):

@@ -276,8 +276,11 @@ def load_backbone_state_dict(model,
     state_dict = strip_prefix(state_dict, prefix)
     unknown = []
     if is_official_layout(state_dict):
-        state_dict, head, unknown = convert_official_keys(state_dict)
-        unknown += [f'head.{k}' for k in head]
+        # The classifier head is not the backbone's: report it unused, under
+        # its official name.
+        official_head = [k for k in state_dict if k.startswith('head.')]
+        state_dict, _, unknown = convert_official_keys(state_dict)
+        unknown += official_head
 
     if model.resize_bias_tables:
         for name, module in model.named_modules():
