@@ -474,34 +474,42 @@ class FcaStage(BaseModule):
                 resize_tables=resize_tables) for i in range(depth)
         ])
 
+    def _run_block(self, block: FcaBlock, tokens: torch.Tensor,
+                   cross_tokens: List[torch.Tensor]) -> torch.Tensor:
+        cross = torch.cat(cross_tokens, dim=1) if cross_tokens else None
+        if self.with_cp and tokens.requires_grad:
+            tokens, new_cross = cp.checkpoint(
+                block, tokens, cross, use_reentrant=False)
+        else:
+            tokens, new_cross = block(tokens, cross)
+        if new_cross is not None:
+            cross_tokens.append(new_cross)
+        return tokens
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, height, width = x.shape
         ws = self.window_size
         pad_h = -height % ws
         pad_w = -width % ws
-        padded_h, padded_w = height + pad_h, width + pad_w
         cross_tokens: List[torch.Tensor] = []
+        if not (pad_h or pad_w):
+            # Whole windows: every block sees the same windows, so the
+            # tokens stay partitioned through the stage.
+            tokens = window_partition(x, ws)
+            for block in self.blocks:
+                tokens = self._run_block(block, tokens, cross_tokens)
+            return window_reverse(tokens, ws, height, width)
+        padded_h, padded_w = height + pad_h, width + pad_w
         for i, block in enumerate(self.blocks):
             top_left = i % 2 == 0
-            if pad_h or pad_w:
-                pad = (pad_w, 0, pad_h, 0) if top_left else (0, pad_w, 0,
-                                                              pad_h)
-                x = F.pad(x, pad)
-            tokens = window_partition(x, ws)
-            cross = torch.cat(cross_tokens, dim=1) if cross_tokens else None
-            if self.with_cp and tokens.requires_grad:
-                tokens, new_cross = cp.checkpoint(
-                    block, tokens, cross, use_reentrant=False)
-            else:
-                tokens, new_cross = block(tokens, cross)
-            if new_cross is not None:
-                cross_tokens.append(new_cross)
+            pad = (pad_w, 0, pad_h, 0) if top_left else (0, pad_w, 0, pad_h)
+            tokens = window_partition(F.pad(x, pad), ws)
+            tokens = self._run_block(block, tokens, cross_tokens)
             x = window_reverse(tokens, ws, padded_h, padded_w)
-            if pad_h or pad_w:
-                if top_left:
-                    x = x[:, :, pad_h:, pad_w:]
-                else:
-                    x = x[:, :, :height, :width]
+            if top_left:
+                x = x[:, :, pad_h:, pad_w:]
+            else:
+                x = x[:, :, :height, :width]
         return x
 
 
