@@ -8,7 +8,7 @@ import importlib
 import os
 from typing import Optional
 
-from mmengine.config import Config, DictAction  # noqa: F401  (re-export)
+from mmengine.config import Config
 
 SCOPE_MODULES = {
     'mmpretrain': 'mmpretrain.utils',

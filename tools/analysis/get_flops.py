@@ -14,9 +14,10 @@ figures assume fewer, so compare like with like.
 import argparse
 
 import torch
+from mmengine.config import DictAction
 
 from mmfca.analysis import complexity, keep_all_proposals
-from mmfca.runtime import DictAction, build_model, load_config
+from mmfca.runtime import build_model, load_config
 
 
 def parse_args():

@@ -13,7 +13,6 @@ precomputed); the export is checked against PyTorch in onnxruntime.
 """
 import argparse
 
-import numpy as np
 import torch
 
 from mmfca.deploy import check_onnx, export_onnx
@@ -51,6 +50,5 @@ def main():
 
 
 if __name__ == '__main__':
-    np.set_printoptions(precision=4)
     torch.set_grad_enabled(False)
     main()
