@@ -1,4 +1,5 @@
 """ONNX export of FcaFormer models, checked in onnxruntime."""
+import warnings
 from typing import Tuple
 
 import numpy as np
@@ -47,34 +48,58 @@ def export_onnx(model: nn.Module,
     Args:
         model (nn.Module): See :class:`ExportWrapper`.
         path (str): Output .onnx file.
-        shape (tuple[int, int]): Input height and width.
+        shape (tuple[int, int]): Input height and width of the example
+            input (with ``dynamic``, any size works).
         dense (bool): Export the backbone instead of the classifier.
-        dynamic (bool): Dynamic height and width (torch.export symbolic
-            shapes). Experimental: with torch 2.14 the export of the
-            windowed stages did not finish in 10 minutes here.
+        dynamic (bool): Dynamic batch, height and width. This uses the
+            TorchScript-based exporter (``dynamo=False``, ``dynamic_axes``):
+            its trace records the window padding as arithmetic on the input
+            size, so one file serves every input size. (The torch.export-
+            based exporter with symbolic ``Dim`` shapes did not finish on
+            the windowed stages in 10 minutes with torch 2.14.)
     """
     wrapper = prepared(model, dense)
     images = torch.randn(1, 3, *shape)
-    dynamic_shapes = None
-    if dynamic:
-        height = torch.export.Dim('height', min=32, max=4096)
-        width = torch.export.Dim('width', min=32, max=4096)
-        dynamic_shapes = {'images': {2: height, 3: width}}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        if not dynamic:
+            torch.onnx.export(
+                wrapper, (images, ),
+                path,
+                input_names=['images'],
+                dynamo=True)
+            return
+        # The legacy exporter is deprecated in favour of torch.export but
+        # is the one that handles these dynamic shapes.
+        warnings.simplefilter('ignore', DeprecationWarning)
+        outputs = wrapper(images)
+        if not isinstance(outputs, (list, tuple)):
+            outputs = [outputs]
+        names = [f'output{i}' for i in range(len(outputs))]
+        axes = {'images': {0: 'batch', 2: 'height', 3: 'width'}}
+        for name, output in zip(names, outputs):
+            axes[name] = {0: 'batch'}
+            if output.dim() == 4:
+                axes[name].update({2: f'{name}_height', 3: f'{name}_width'})
         torch.onnx.export(
             wrapper, (images, ),
             path,
             input_names=['images'],
-            dynamic_shapes=dynamic_shapes,
-            dynamo=True)
+            output_names=names,
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False)
 
 
-def check_onnx(model: nn.Module, path: str, shape: Tuple[int, int],
-               dense: bool = False) -> float:
-    """Largest absolute difference between onnxruntime and PyTorch."""
+def check_onnx(model: nn.Module,
+               path: str,
+               shape: Tuple[int, int],
+               dense: bool = False,
+               batch: int = 1) -> float:
+    """Largest absolute difference between onnxruntime and PyTorch on a
+    random ``(batch, 3, *shape)`` input."""
     import onnxruntime
     wrapper = prepared(model, dense)
-    images = torch.randn(1, 3, *shape)
+    images = torch.randn(batch, 3, *shape)
     with torch.no_grad():
         expected = wrapper(images)
     expected = expected if isinstance(expected, (list, tuple)) else [expected]

@@ -64,3 +64,13 @@ def test_onnx_export_of_the_dense_backbone(tmp_path):
     path = str(tmp_path / 'dense.onnx')
     export_onnx(model, path, (150, 110), dense=True)
     assert check_onnx(model, path, (150, 110), dense=True) < 1e-4
+
+
+def test_onnx_export_with_dynamic_height_and_width(tmp_path):
+    # Exported at a size made of whole windows, checked at sizes that need
+    # padding (and at another batch size): the one file serves them all.
+    model = Dense(trained_like('l1', out_indices=(0, 1, 2, 3)))
+    path = str(tmp_path / 'dynamic.onnx')
+    export_onnx(model, path, (224, 224), dense=True, dynamic=True)
+    for size, batch in [((150, 110), 1), ((224, 320), 1), ((97, 203), 2)]:
+        assert check_onnx(model, path, size, dense=True, batch=batch) < 1e-4

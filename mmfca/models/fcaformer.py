@@ -403,6 +403,13 @@ class FcaBlock(BaseModule):
         return x, new_cross
 
 
+def tracing_shapes() -> bool:
+    """Whether the forward is being recorded for export (TorchScript
+    tracing, as the legacy ONNX exporter does, or torch.export), where
+    branching on feature-map sizes would bake in the traced size."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """``(B, C, H, W)`` with H, W multiples of the window ->
     ``(B * windows, ws * ws, C)``."""
@@ -492,9 +499,12 @@ class FcaStage(BaseModule):
         pad_h = -height % ws
         pad_w = -width % ws
         cross_tokens: List[torch.Tensor] = []
-        if not (pad_h or pad_w):
+        if not tracing_shapes() and not (pad_h or pad_w):
             # Whole windows: every block sees the same windows, so the
-            # tokens stay partitioned through the stage.
+            # tokens stay partitioned through the stage. (A trace for
+            # export takes the general path below, which gives the same
+            # values for whole windows and records the padding as
+            # arithmetic on the input size, so the graph serves any size.)
             tokens = window_partition(x, ws)
             for block in self.blocks:
                 tokens = self._run_block(block, tokens, cross_tokens)
@@ -788,7 +798,7 @@ class FcaFormer(BaseModule):
             raise ValueError(
                 f'FcaFormer expects images as a 4-D tensor (N, C, H, W), got '
                 f'a {x.dim()}-D tensor of shape {tuple(x.shape)}.')
-        if x.shape[1] != self.in_channels:
+        if not tracing_shapes() and x.shape[1] != self.in_channels:
             raise ValueError(
                 f'FcaFormer was built for {self.in_channels} input channels '
                 f'but got {x.shape[1]} (input shape {tuple(x.shape)}); set '

@@ -6,10 +6,18 @@ against PyTorch in onnxruntime.
 
 A classifier config exports the whole model (images -> logits).
 ``--dense`` exports the backbone of a segmentation or detection config
-(images -> stage outputs) at the given size; ``--dynamic`` asks for dynamic
-height and width, which is experimental (see mmfca/deploy.py). The backbone
-is switched to deploy mode first (conv-BN folded, attention bias masks
-precomputed); the export is checked against PyTorch in onnxruntime.
+(images -> stage outputs). Without ``--dynamic`` the file is for the
+``--shape`` size only; with it, batch, height and width are dynamic (the
+TorchScript-based exporter; see mmfca/deploy.py) and ``--check-shape``
+sizes are compared as well, e.g.
+
+    python tools/deployment/pytorch2onnx.py \
+        configs/upernet_fcaformer_l2_160k_ade20k.py --dense --dynamic \
+        --shape 512 512 --check-shape 150 110 --check-shape 224 320
+
+The backbone is switched to deploy mode first (conv-BN folded, attention
+bias masks precomputed); the export is checked against PyTorch in
+onnxruntime.
 """
 import argparse
 
@@ -29,9 +37,11 @@ def main():
     parser.add_argument('--dense', action='store_true',
                         help='export the backbone (stage outputs)')
     parser.add_argument('--dynamic', action='store_true',
-                        help='dynamic height and width (experimental)')
-    parser.add_argument('--check-shape', type=int, nargs=2,
-                        help='with --dynamic, also compare at this size')
+                        help='dynamic batch, height and width')
+    parser.add_argument('--check-shape', type=int, nargs=2, action='append',
+                        default=[], metavar=('H', 'W'),
+                        help='with --dynamic, also compare at this size '
+                        '(repeatable)')
     args = parser.parse_args()
     model = build_model(load_config(args.config))
     if args.checkpoint:
@@ -40,8 +50,10 @@ def main():
     export_onnx(model, args.out, tuple(args.shape), dense=args.dense,
                 dynamic=args.dynamic)
     shapes = [tuple(args.shape)]
-    if args.check_shape and args.dynamic:
-        shapes.append(tuple(args.check_shape))
+    if args.check_shape and not args.dynamic:
+        parser.error('--check-shape needs --dynamic (a static export '
+                     'accepts only --shape)')
+    shapes += [tuple(shape) for shape in args.check_shape]
     for shape in shapes:
         error = check_onnx(model, args.out, shape, dense=args.dense)
         print(f'{shape[0]}x{shape[1]}: max |onnxruntime - torch| = '
