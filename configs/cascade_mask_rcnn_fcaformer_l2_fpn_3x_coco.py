@@ -7,6 +7,9 @@ _base_ = [
     'cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'
 ]
 custom_imports = dict(imports=['mmfca'], allow_failed_imports=False)
+# mmengine's Runner plus atomic checkpoints with RNG states (exact resume),
+# CPU distributed training and early errors for bad data.
+runner_type = 'ReliableRunner'
 
 # ImageNet-pretrained FcaFormer-L2; override with
 # --cfg-options model.backbone.init_cfg.checkpoint=PATH.

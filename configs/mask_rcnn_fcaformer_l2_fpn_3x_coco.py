@@ -5,6 +5,9 @@
 # schedule and augmentation, and swaps in the backbone and the optimiser.
 _base_ = ['mmdet::convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py']
 custom_imports = dict(imports=['mmfca'], allow_failed_imports=False)
+# mmengine's Runner plus atomic checkpoints with RNG states (exact resume),
+# CPU distributed training and early errors for bad data.
+runner_type = 'ReliableRunner'
 
 # ImageNet-pretrained FcaFormer-L2 (an official checkpoint as it is, its
 # conversion, or one of ours). Override with

@@ -8,6 +8,9 @@ _base_ = [
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
 custom_imports = dict(imports=['mmfca'], allow_failed_imports=False)
+# mmengine's Runner plus atomic checkpoints with RNG states (exact resume),
+# CPU distributed training and early errors for bad data.
+runner_type = 'ReliableRunner'
 
 # ImageNet-pretrained FcaFormer-L2. Any of: an official ImageNet checkpoint
 # as it is, its conversion (tools/model_converters/official_to_mmfca.py), or

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 from mmengine.config import ConfigDict, DictAction
 from mmengine.logging import print_log
 
+from .engine.amp import accelerator_available
 from .runtime import load_config, register_scope
 
 AMP_WRAPPERS = ('AmpOptimWrapper', 'AnyDeviceAmpOptimWrapper')
@@ -33,6 +34,11 @@ def _common_arguments(parser: argparse.ArgumentParser):
         help='override config entries, key=value (lists: key="[a,b]")')
     parser.add_argument(
         '--launcher', choices=LAUNCHERS, default='none', help='job launcher')
+    parser.add_argument(
+        '--trust-checkpoint',
+        action='store_true',
+        help='allow checkpoints that hold arbitrary Python objects (only for '
+        'files you trust: unpickling them can run code)')
     # torch.distributed.launch passes --local-rank (older: --local_rank).
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
@@ -92,6 +98,11 @@ def _prepare(args) -> 'Config':  # noqa: F821
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     cfg = load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
+    if args.trust_checkpoint:
+        cfg.trust_checkpoint = True
+    # ReliableRunner: atomic checkpoints with RNG states, CPU distributed
+    # training, early errors for bad data (see mmfca/engine/runner.py).
+    cfg.setdefault('runner_type', 'ReliableRunner')
     _set_work_dir(cfg, args.config, args.work_dir)
     if 'visualizer' in cfg:
         # The codebases name their visualizer 'visualizer', and mmengine
@@ -112,6 +123,13 @@ def _build_runner(cfg):
 
 def configure_training(cfg, args):
     """Apply ``--amp``, ``--auto-scale-lr`` and ``--resume`` to ``cfg``."""
+    if args.amp and cfg.default_scope == 'mmdet' and \
+            not accelerator_available():
+        raise ValueError(
+            '--amp on a machine without a GPU: mmcv\'s CPU RoIAlign and NMS '
+            'have no bfloat16 kernels, so detectors cannot train in mixed '
+            'precision here. Train without --amp (the detection configs '
+            'then run in float32 on CPU) or on a GPU.')
     if args.amp:
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if wrapper in AMP_WRAPPERS:

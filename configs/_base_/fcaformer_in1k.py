@@ -12,6 +12,9 @@ _base_ = [
     'mmpretrain::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['mmfca'], allow_failed_imports=False)
+# mmengine's Runner plus atomic checkpoints with RNG states (exact resume),
+# CPU distributed training and early errors for bad data.
+runner_type = 'ReliableRunner'
 
 model = dict(
     type='ImageClassifier',

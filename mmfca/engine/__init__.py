@@ -1,7 +1,12 @@
 from .amp import AnyDeviceAmpOptimWrapper
+from .hooks import (LabelRangeHook, NonFiniteLossHook, RNGStateHook,
+                    SafeCheckpointHook)
 from .layer_decay import FcaFormerLearningRateDecayOptimizerConstructor
+from .runner import ReliableRunner, find_resumable_checkpoint
 
 __all__ = [
     'AnyDeviceAmpOptimWrapper',
-    'FcaFormerLearningRateDecayOptimizerConstructor'
+    'FcaFormerLearningRateDecayOptimizerConstructor', 'ReliableRunner',
+    'SafeCheckpointHook', 'RNGStateHook', 'NonFiniteLossHook',
+    'LabelRangeHook', 'find_resumable_checkpoint'
 ]

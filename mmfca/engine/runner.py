@@ -1,0 +1,255 @@
+"""mmengine's Runner, made safe to interrupt and usable without a GPU."""
+import copy
+import datetime
+import logging
+import os
+import os.path as osp
+import pickle
+import re
+import zipfile
+from contextlib import contextmanager
+from typing import Optional
+
+import torch
+import torch.distributed as torch_dist
+from mmengine.dist import is_distributed
+from mmengine.logging import print_log
+from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
+from mmengine.runner import Runner
+
+from ..datasets.checks import (check_dataset_paths, check_not_empty,
+                               explain_build_error)
+from ..datasets.transforms import LoadImageFromFileOrSkip
+from .amp import accelerator_available
+from .hooks import (LabelRangeHook, NonFiniteLossHook, RNGStateHook,
+                    SafeCheckpointHook)
+
+GUARD_HOOKS = (RNGStateHook, NonFiniteLossHook, LabelRangeHook)
+IMAGE_LOADERS = ('LoadImageFromFile', 'mmcv.LoadImageFromFile')
+
+
+def is_intact_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a complete torch zip checkpoint (central
+    directory present, every member's CRC correct)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            return any(name.endswith('data.pkl') for name in names) and \
+                archive.testzip() is None
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _step_of(path: str) -> int:
+    found = re.findall(r'\d+', osp.basename(path))
+    return int(found[-1]) if found else -1
+
+
+def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
+    """The latest intact checkpoint of a run.
+
+    ``work_dir/last_checkpoint`` names it; when that file is missing, empty
+    or names a damaged checkpoint, the newest intact ``*.pth`` next to it
+    (or in ``work_dir``) is taken instead, with a warning.
+
+    Args:
+        work_dir (str): The run's work directory.
+
+    Returns:
+        str | None: A checkpoint path, or None if there is none.
+    """
+    record = osp.join(work_dir, 'last_checkpoint')
+    recorded = ''
+    if osp.isfile(record):
+        with open(record) as file:
+            recorded = file.read().strip()
+    if recorded and is_intact_checkpoint(recorded):
+        return recorded
+    folder = osp.dirname(recorded) if recorded else work_dir
+    candidates = sorted(
+        (name for name in os.listdir(folder) if name.endswith('.pth')
+         and not name.startswith('best')),
+        key=lambda name: _step_of(name),
+        reverse=True) if osp.isdir(folder) else []
+    for name in candidates:
+        path = osp.join(folder, name)
+        if is_intact_checkpoint(path):
+            if recorded:
+                print_log(
+                    f'The recorded latest checkpoint {recorded!r} is missing '
+                    f'or damaged (a crash while saving?); resuming from '
+                    f'{path!r} instead.',
+                    logger='current',
+                    level=logging.WARNING)
+            return path
+    return None
+
+
+@contextmanager
+def _weights_only(enabled: bool):
+    """Let :func:`torch.load` calls that do not choose ``weights_only``
+    unpickle arbitrary objects while ``enabled`` is False."""
+    if enabled:
+        yield
+        return
+    key = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
+    before = os.environ.get(key)
+    os.environ[key] = '1'
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = before
+
+
+class ReliableRunner(Runner):
+    """:class:`mmengine.runner.Runner` for runs that can be killed, that
+    run on CPU-only machines, and that refuse bad input early.
+
+    In addition to the stock Runner:
+
+    - Checkpoints are written atomically (:class:`SafeCheckpointHook`) and
+      hold the random generator states (:class:`RNGStateHook`): a run
+      killed at any moment and resumed ends as the uninterrupted run.
+      ``--resume`` without a path skips a damaged latest checkpoint.
+    - Checkpoints load with torch's ``weights_only`` default; a file holding
+      other Python objects is refused with a clear message unless the
+      config sets ``trust_checkpoint = True`` (``--trust-checkpoint``).
+    - ``launcher='pytorch'`` on a machine without a GPU: the process group
+      is created with the gloo backend (mmengine's launcher calls
+      ``torch.cuda.set_device``), SyncBN layers become BN (SyncBN has no
+      CPU kernel) and DDP wraps the model without device ids. On GPUs the
+      stock path runs unchanged.
+    - Training stops at the first NaN/inf loss (:class:`NonFiniteLossHook`)
+      and at labels beyond ``num_classes`` (:class:`LabelRangeHook`).
+    - Datasets: missing paths, empty datasets and non-COCO annotation files
+      are refused with the setting to fix; training pipelines skip images
+      that cannot be decoded (:class:`LoadImageFromFileOrSkip`).
+
+    Arguments are those of :class:`~mmengine.runner.Runner`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trust_checkpoint = bool(self.cfg.get('trust_checkpoint', False))
+        if isinstance(self._train_dataloader, dict):
+            self._train_dataloader = copy.deepcopy(self._train_dataloader)
+            _skip_undecodable(self._train_dataloader.get('dataset'))
+
+    def setup_env(self, env_cfg: dict) -> None:
+        if self.distributed and not is_distributed() and \
+                not accelerator_available():
+            timeout = env_cfg.get('dist_cfg', {}).get('timeout', 1800)
+            torch_dist.init_process_group(
+                backend='gloo', timeout=datetime.timedelta(seconds=timeout))
+            print_log(
+                'No GPU: distributed training over the gloo backend on CPU.',
+                logger='current')
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg: Optional[dict], model):
+        if not self.distributed or accelerator_available():
+            return super().wrap_model(model_wrapper_cfg, model)
+        model = revert_sync_batchnorm(model)
+        print_log(
+            'No GPU: SyncBN layers run as BN (per-process statistics) and '
+            'DDP wraps the CPU model.',
+            logger='current')
+        cfg = dict(model_wrapper_cfg or {})
+        cfg.setdefault('broadcast_buffers', False)
+        cfg.setdefault('find_unused_parameters',
+                       self.cfg.get('find_unused_parameters', False))
+        if cfg.pop('type', 'MMDistributedDataParallel') != \
+                'MMDistributedDataParallel':
+            raise ValueError(
+                'On CPU, ReliableRunner wraps models in '
+                'MMDistributedDataParallel; remove model_wrapper_cfg.type.')
+        return MMDistributedDataParallel(module=model, **cfg)
+
+    def register_hooks(self,
+                       default_hooks: Optional[dict] = None,
+                       custom_hooks: Optional[list] = None) -> None:
+        default_hooks = dict(default_hooks or {})
+        checkpoint = default_hooks.get('checkpoint', dict(interval=1))
+        if isinstance(checkpoint, dict) and checkpoint.get(
+                'type', 'CheckpointHook') in ('CheckpointHook',
+                                              'mmengine.CheckpointHook'):
+            default_hooks['checkpoint'] = dict(
+                checkpoint, type=SafeCheckpointHook)
+        super().register_hooks(default_hooks, custom_hooks)
+        for hook_type in GUARD_HOOKS:
+            if not any(isinstance(hook, hook_type) for hook in self._hooks):
+                self.register_hook(hook_type())
+
+    @staticmethod
+    def build_dataloader(dataloader,
+                         seed: Optional[int] = None,
+                         diff_rank_seed: bool = False):
+        if not isinstance(dataloader, dict):
+            return Runner.build_dataloader(dataloader, seed, diff_rank_seed)
+        dataset_cfg = dataloader.get('dataset')
+        if isinstance(dataset_cfg, dict):
+            check_dataset_paths(dataset_cfg)
+        try:
+            built = Runner.build_dataloader(dataloader, seed, diff_rank_seed)
+        except Exception as err:
+            clearer = explain_build_error(dataset_cfg, err) \
+                if isinstance(dataset_cfg, dict) else None
+            if clearer is None:
+                raise
+            raise clearer from err
+        if isinstance(dataset_cfg, dict):
+            check_not_empty(built.dataset, dataset_cfg)
+        return built
+
+    def load_or_resume(self) -> None:
+        if self._resume and self._load_from is None and not self._has_loaded:
+            found = find_resumable_checkpoint(self.work_dir)
+            if found is None:
+                self.logger.info(
+                    f'No checkpoint to resume from in {self.work_dir}; '
+                    f'training from the start.')
+                self._resume = False
+            else:
+                self._load_from = found
+        super().load_or_resume()
+
+    def load_checkpoint(self, filename: str, *args, **kwargs):
+        if not osp.isfile(filename) and '://' not in filename:
+            raise FileNotFoundError(
+                f'Checkpoint not found: {filename!r}. Check load_from / '
+                f'--resume.')
+        try:
+            with _weights_only(not self.trust_checkpoint):
+                return super().load_checkpoint(filename, *args, **kwargs)
+        except pickle.UnpicklingError as err:
+            raise RuntimeError(
+                f'Refusing to load {filename!r}: it holds Python objects '
+                f'that are not weights, and unpickling them could run code. '
+                f'If you trust the file, pass --trust-checkpoint (or set '
+                f'trust_checkpoint = True in the config). torch says: '
+                f'{str(err).splitlines()[0]}') from err
+        except (RuntimeError, EOFError) as err:
+            if osp.isfile(filename) and not is_intact_checkpoint(filename):
+                raise RuntimeError(
+                    f'Cannot read checkpoint {filename!r}: the file is '
+                    f'truncated or damaged (a crash while saving, or an '
+                    f'incomplete copy). Use an earlier checkpoint, or '
+                    f'--resume without a path to pick the latest intact '
+                    f'one.') from err
+            raise
+
+
+def _skip_undecodable(dataset_cfg) -> None:
+    """Use :class:`LoadImageFromFileOrSkip` in place of mmcv's image loader
+    in a training dataset config (and the datasets it wraps)."""
+    if not isinstance(dataset_cfg, dict):
+        return
+    for step in dataset_cfg.get('pipeline', None) or []:
+        if isinstance(step, dict) and step.get('type') in IMAGE_LOADERS:
+            step['type'] = LoadImageFromFileOrSkip
+    _skip_undecodable(dataset_cfg.get('dataset'))
+    for inner in dataset_cfg.get('datasets', None) or []:
+        _skip_undecodable(inner)
