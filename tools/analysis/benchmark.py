@@ -3,6 +3,7 @@ side by side in one run on one machine.
 
     python tools/analysis/benchmark.py [--threads 2] [--device cpu]
         [--quick] [--compile] [--official PATH_TO_OFFICIAL_REPO]
+        [--dense-windows 16,8 ...] [--dense-only]
         [--out work_dirs/benchmark.json] [--plot work_dirs/benchmark.png]
 
 Measures (median and spread over repeats, after warm-up):
@@ -12,7 +13,16 @@ Measures (median and spread over repeats, after warm-up):
   precomputed), mmpretrain's ConvNeXt-T and Swin-T, and, with --official,
   the official FcaFormer-L2 implementation from a local copy of its
   repository (nothing of it is shipped here);
-* backbone latency at 512x512 (segmentation) and 800x1216 (detection);
+* backbone latency at 512x512 (segmentation) and 800x1216 (detection),
+  with the backbones timed interleaved (one forward of each in turn, so
+  load changes on a shared machine hit them alike); ``--dense-windows``
+  adds FcaFormer-L2 with other attention windows (e.g. ``16,8``, whose
+  windows tile a 512x512 input's 32x32 / 16x16 stage-3/4 maps exactly);
+  ``--dense-only`` runs just this part. For each such layout it also
+  reports how far its 512x512 features move from the default layout's
+  with the same weights (bias tables resized bicubically), a proxy for
+  the accuracy cost only: with ``--drift-checkpoint`` the weights are
+  yours, otherwise random (every parameter and BN statistic perturbed);
 * whole-model inference of UperNet (512x512) and Mask R-CNN (800x1216) with
   FcaFormer-L2 and with ConvNeXt-T;
 * peak memory of a batch-1 224x224 forward (CUDA: allocator peak; CPU: the
@@ -73,6 +83,14 @@ def parse_args():
                         help='torch.compile every model before timing')
     parser.add_argument('--official', help='local copy of the official '
                         'FcaFormer repository, to time its L2 classifier')
+    parser.add_argument('--dense-windows', action='append', default=[],
+                        metavar='S3,S4', help='also time the FcaFormer-L2 '
+                        'backbone with these stage-3/4 windows (repeatable)')
+    parser.add_argument('--drift-checkpoint', help='weights of the '
+                        'UperNet FcaFormer-L2 config for the window-layout '
+                        'feature drift (default: random weights)')
+    parser.add_argument('--dense-only', action='store_true',
+                        help='only the backbone latencies')
     parser.add_argument('--out', default='work_dirs/benchmark.json')
     parser.add_argument('--plot', default='work_dirs/benchmark.png')
     return parser.parse_args()
@@ -97,6 +115,27 @@ def time_call(fn, device, warmup, repeat):
             times.append((time.perf_counter() - start) * 1000)
     return dict(median_ms=statistics.median(times), min_ms=min(times),
                 max_ms=max(times), runs=repeat)
+
+
+def time_interleaved(fns, device, warmup, repeat):
+    """:func:`time_call` for several callables, run in turn each round."""
+    times = {name: [] for name in fns}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for fn in fns.values():
+                fn()
+        for _ in range(repeat):
+            for name, fn in fns.items():
+                synchronize(device)
+                start = time.perf_counter()
+                fn()
+                synchronize(device)
+                times[name].append((time.perf_counter() - start) * 1000)
+    return {
+        name: dict(median_ms=statistics.median(values), min_ms=min(values),
+                   max_ms=max(values), runs=repeat)
+        for name, values in times.items()
+    }
 
 
 def prepare(model, device, compile_model):
@@ -172,15 +211,26 @@ def peak_memory_mb(build, device):
     return value
 
 
-def dense_backbones():
+def dense_backbones(windows=()):
+    """FcaFormer-L2 (default windows, then each of ``windows``), ConvNeXt-T
+    and Swin-T backbones of the UperNet configs."""
     fca = build_model(load_config(SEGMENTORS['UperNet FcaFormer-L2'])).backbone
     fca.switch_to_deploy()
+    others = {}
+    for window in windows:
+        overrides = {'model.backbone.window_size': tuple(window),
+                     'model.backbone.resize_bias_tables': True}
+        other = build_model(
+            load_config(SEGMENTORS['UperNet FcaFormer-L2'],
+                        overrides)).backbone
+        others[f'FcaFormer-L2 windows {window}'] = other.switch_to_deploy()
     convnext = build_model(load_config(
         SEGMENTORS['UperNet ConvNeXt-T'])).backbone
     swin = build_model(load_config(
         'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_'
         'ade20k-512x512.py')).backbone
-    return {'FcaFormer-L2': fca, 'ConvNeXt-T': convnext, 'Swin-T': swin}
+    return {'FcaFormer-L2': fca, **others, 'ConvNeXt-T': convnext,
+            'Swin-T': swin}
 
 
 def report(section, results, key='median_ms'):
@@ -194,14 +244,18 @@ def report(section, results, key='median_ms'):
         print(f'  {name:28s} {value[key]:9.1f}{spread}  {ratio}')
 
 
-def main():
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    device = args.device
-    repeat = max(3, args.repeat // 4) if args.quick else args.repeat
-    results = dict(device=device, threads=args.threads,
-                   torch=torch.__version__, compile=args.compile)
+def parse_windows(values):
+    windows = []
+    for value in values:
+        try:
+            windows.append(tuple(int(v) for v in value.split(',')))
+        except ValueError:
+            raise SystemExit(f'--dense-windows takes comma-separated ints, '
+                             f'e.g. 16,8; got {value!r}')
+    return windows
 
+
+def classification(args, device, repeat, results):
     builders = {n: (lambda n=n, p=p: classifier(n, p))
                 for n, p in CLASSIFIERS.items()}
     if args.official:
@@ -229,19 +283,104 @@ def main():
     results.update(classification_latency=latency,
                    classification_throughput=throughput,
                    peak_memory=memory, gmacs_224=macs)
+    return latency, macs
 
+
+def backbones(args, device, repeat, results):
     dense = {}
+    models = {
+        name: prepare(backbone, device, args.compile)
+        for name, backbone in dense_backbones(
+            parse_windows(args.dense_windows)).items()
+    }
     for size in ((512, 512), (800, 1216)):
-        timings = {}
-        for name, backbone in dense_backbones().items():
-            backbone = prepare(backbone, device, args.compile)
-            x = torch.randn(1, 3, *size, device=device)
-            timings[name] = time_call(lambda: backbone(x), device, 2,
-                                      max(3, repeat // 4))
+        x = torch.randn(1, 3, *size, device=device)
+        fns = {name: (lambda m=m, x=x: m(x)) for name, m in models.items()}
+        timings = time_interleaved(fns, device, 1, max(3, repeat // 4))
         report(f'Backbone latency, {size[0]}x{size[1]} (ms)', timings)
         dense[f'{size[0]}x{size[1]}'] = timings
     results['backbone_latency'] = dense
 
+
+def randomize(model, seed=0):
+    """Every parameter and BN statistic drawn at random, large enough that
+    bias tables, LSFs and layer scales all change the outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if not value.is_floating_point():
+                continue
+            noise = torch.randn(value.shape, generator=gen)
+            if name.endswith('running_var'):
+                value.copy_(noise.abs() * 0.5 + 0.5)
+            elif value.dim() == 1 or name.endswith(
+                    ('position_bias', 'depth_bias', 'cross_scale')):
+                base = 1. if name.endswith(
+                    ('weight', 'gamma', 'cross_scale')) else 0.
+                value.copy_(base + noise * 0.2)
+            else:
+                fan_in = value[0].numel()
+                value.copy_(noise / fan_in**0.5)
+    return model
+
+
+def window_drift(windows, checkpoint=None, samples=4):
+    """Relative L2 distance and cosine similarity between the 512x512
+    stage outputs of FcaFormer-L2 with the default windows and with each of
+    ``windows``, the same weights loaded into both (tables resized). The
+    first row is a yardstick: the default layout's features of the image
+    moved by 32 pixels (so its content falls into other windows), compared
+    on the part both views share."""
+    config = SEGMENTORS['UperNet FcaFormer-L2']
+    default = build_model(load_config(config)).backbone
+    if checkpoint:
+        from mmengine.runner import load_checkpoint
+        load_checkpoint(default, checkpoint, map_location='cpu',
+                        revise_keys=[(r'^backbone\.', '')])
+    else:
+        randomize(default)
+    default.eval()
+    gen = torch.Generator().manual_seed(1)
+    # Smooth random images (upsampled noise), standardised like inputs.
+    larger = torch.nn.functional.interpolate(
+        torch.randn(samples, 3, 68, 68, generator=gen), size=(544, 544),
+        mode='bilinear', align_corners=False)
+    images = larger[..., :512, :512]
+
+    def distances(outs, refs):
+        rel, cos = [], []
+        for out, ref in zip(outs, refs):
+            rel.append(float((out - ref).norm() / ref.norm()))
+            cos.append(float(torch.nn.functional.cosine_similarity(
+                out.flatten(1), ref.flatten(1)).mean()))
+        return dict(relative_l2=rel, cosine=cos)
+
+    results = {}
+    with torch.no_grad():
+        refs = default(images)
+        shifted = default(larger[..., 32:, 32:].contiguous())
+        cut = [32 // (4 * 2**i) for i in range(len(refs))]
+        results['default, image moved 32 px'] = distances(
+            [o[..., :-c, :-c] for o, c in zip(shifted, cut)],
+            [r[..., c:, c:] for r, c in zip(refs, cut)])
+        for window in windows:
+            overrides = {'model.backbone.window_size': tuple(window),
+                         'model.backbone.resize_bias_tables': True}
+            other = build_model(load_config(config, overrides)).backbone
+            other.load_state_dict(default.state_dict())
+            other.eval()
+            results[f'windows {window}'] = distances(other(images), refs)
+    print(f'\nFeature drift from the default windows at 512x512 ('
+          f'{"checkpoint" if checkpoint else "random weights"}; relative '
+          f'L2 / cosine per output)')
+    for name, value in results.items():
+        cells = '  '.join(f'{r:.3f}/{c:.3f}' for r, c in zip(
+            value['relative_l2'], value['cosine']))
+        print(f'  {name:28s} {cells}')
+    return results
+
+
+def whole_models(args, device, results):
     whole = {}
     models = dict(SEGMENTORS)
     if not args.quick:
@@ -258,11 +397,29 @@ def main():
     report('Whole-model inference, batch 1 (ms)', whole)
     results['whole_model_latency'] = whole
 
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    device = args.device
+    repeat = max(3, args.repeat // 4) if args.quick else args.repeat
+    results = dict(device=device, threads=args.threads,
+                   torch=torch.__version__, compile=args.compile)
+    if not args.dense_only:
+        latency, macs = classification(args, device, repeat, results)
+    backbones(args, device, repeat, results)
+    if args.dense_windows:
+        results['window_drift'] = window_drift(
+            parse_windows(args.dense_windows), args.drift_checkpoint)
+    if not args.dense_only:
+        whole_models(args, device, results)
+
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as file:
         json.dump(results, file, indent=2)
     print(f'\nresults saved to {args.out}')
-    plot(latency, macs, args.plot, device, args.threads)
+    if not args.dense_only:
+        plot(latency, macs, args.plot, device, args.threads)
 
 
 def plot(latency, macs, path, device, threads):
