@@ -392,15 +392,23 @@ class FcaBlock(BaseModule):
             ``(B, ceil(ws / 4) ** 2, C)`` (None for the last block).
         """
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), cross)))
-        batch, length, channels = x.shape
+        x, new_cross = self.merge_and_enhance(x)
+        x = x + self.drop_path(self.ls2(self.ffn(self.norm2(x))))
+        return x, new_cross
+
+    def merge_and_enhance(
+            self,
+            x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Token merging and enhancement (TME) of window tokens
+        ``(B, ws * ws, C)``: the enhanced tokens and this block's cross
+        tokens (None for the last block)."""
+        batch, _, channels = x.shape
         fmap = x.transpose(1, 2).reshape(batch, channels, self.window_size,
                                          self.window_size)
         new_cross = None
         if self.cross_token_conv is not None:
             new_cross = self.cross_token_conv(fmap).flatten(2).transpose(1, 2)
-        x = self.local_conv(fmap).flatten(2).transpose(1, 2)
-        x = x + self.drop_path(self.ls2(self.ffn(self.norm2(x))))
-        return x, new_cross
+        return self.local_conv(fmap).flatten(2).transpose(1, 2), new_cross
 
 
 def tracing_shapes() -> bool:

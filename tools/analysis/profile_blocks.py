@@ -1,28 +1,32 @@
-"""Where the time of an FcaFormer forward goes, by block type.
+"""Where the time of an FcaFormer backbone forward goes, by block type.
 
     python tools/analysis/profile_blocks.py [--arch l2] [--shape 224 224]
         [--batch 1] [--threads 2] [--repeat 30] [--window-size 14 7]
         [--ops 15]
 
-Forward hooks time every module (the backbone in deploy mode, eval, no
-grad) and sum the times per part:
+One forward records the input of every part; then each part is called on
+its recorded input, all parts in turn each round (round-robin, so load
+changes on a shared machine hit every part alike), and the median per call
+is summed per part type:
 
 * stem: the conv stem (stage-0 downsampling);
-* ConvNeXt stages: the two convolutional stages;
+* ConvNeXt stages: the two convolutional stages (mmpretrain's blocks);
 * downsample: the three stage transitions;
-* attention: LayerNorm + forward cross attention (cross-token scaling and
-  norm, qkv, attention, projection) + layer scale;
-* TME: token merging and enhancement (the 7x7 stride-4 cross-token conv,
-  the 3x3 depthwise conv) with the token <-> map reshapes and the residual
-  additions of the block (the block's time minus attention and FFN);
-* FFN: LayerNorm + FeedForward + layer scale;
-* stage glue: FcaStage work outside the blocks (padding, window partition
-  and reverse, concatenating the cross tokens);
-* output norms, and what is left of the whole forward (hook overhead,
-  Python).
+* attention: LayerNorm, forward cross attention (cross-token scaling and
+  norm, qkv, attention with the bias mask, projection), layer scale and
+  the residual addition;
+* TME: token merging and enhancement (the token <-> map views, the 7x7
+  stride-4 cross-token conv and the 3x3 depthwise conv);
+* FFN: LayerNorm, FeedForward, layer scale and the residual addition;
+* stage glue: what an FcaStage spends outside its blocks (padding, window
+  partition and reverse, concatenating cross tokens), measured as the
+  stage's time minus its blocks' parts, so it carries their noise;
+* output norms.
 
-Each part is the median over ``--repeat`` forwards. ``--ops`` also prints
-the most expensive operators from torch.profiler over a few forwards.
+The whole backbone and mmpretrain's ConvNeXt-T backbone are timed in the
+same rounds for the total and a ratio. The model is in deploy mode (conv-BN
+folded, masks precomputed) with random weights, eval, no grad. ``--ops``
+also prints torch.profiler's most expensive operators over a few forwards.
 """
 import argparse
 import statistics
@@ -35,7 +39,7 @@ from mmfca.models import FcaFormer
 from mmfca.models.fcaformer import FcaStage
 
 PARTS = ('stem', 'ConvNeXt stages', 'downsample', 'attention', 'TME', 'FFN',
-         'stage glue', 'output norms', 'rest')
+         'stage glue', 'output norms')
 
 
 def parse_args():
@@ -52,90 +56,117 @@ def parse_args():
     return parser.parse_args()
 
 
-class Timer:
-    """Accumulates the wall time of hooked modules under names."""
+def record_inputs(model, x):
+    """The positional inputs of the stem, stages, downsampling layers,
+    blocks and output modules in one forward, by module."""
+    inputs = {}
+    modules = list(model.downsample_layers) + list(model.stages) + [
+        model.output_module(i) for i in model.out_indices
+    ]
+    for stage in model.stages:
+        if isinstance(stage, FcaStage):
+            modules += list(stage.blocks)
+    handles = [
+        m.register_forward_pre_hook(
+            lambda module, args: inputs.setdefault(module, args))
+        for m in modules
+    ]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    return inputs
 
-    def __init__(self):
-        self.totals = defaultdict(float)
-        self.starts = {}
 
-    def hook(self, module: torch.nn.Module, name: str):
-        def pre(*_):
-            self.starts[id(module)] = time.perf_counter()
-
-        def post(*_):
-            self.totals[name] += time.perf_counter() - self.starts.pop(
-                id(module))
-
-        module.register_forward_pre_hook(pre)
-        module.register_forward_hook(post)
+def block_calls(block, x, cross):
+    """Callables for the attention, TME and FFN parts of one block."""
+    with torch.no_grad():
+        after_attn = x + block.ls1(block.attn(block.norm1(x), cross))
+        merged, _ = block.merge_and_enhance(after_attn)
+    return {
+        'attention':
+        lambda: x + block.ls1(block.attn(block.norm1(x), cross)),
+        'TME': lambda: block.merge_and_enhance(after_attn),
+        'FFN': lambda: merged + block.ls2(block.ffn(block.norm2(merged))),
+    }
 
 
-def instrument(model: FcaFormer) -> Timer:
-    timer = Timer()
-    timer.hook(model.downsample_layers[0], 'stem')
-    for i in range(1, model.num_stages):
-        timer.hook(model.downsample_layers[i], 'downsample')
+def calls(model, x):
+    """(part, key, callable) for every timed call, in forward order."""
+    inputs = record_inputs(model, x)
+    result = [('stem', 'stem',
+               lambda: model.downsample_layers[0](*inputs[
+                   model.downsample_layers[0]]))]
     for i, stage in enumerate(model.stages):
+        if i > 0:
+            layer = model.downsample_layers[i]
+            result.append(('downsample', f'down{i}',
+                           lambda m=layer: m(*inputs[m])))
         if not isinstance(stage, FcaStage):
-            timer.hook(stage, 'ConvNeXt stages')
+            result.append(('ConvNeXt stages', f'stage{i}',
+                           lambda m=stage: m(*inputs[m])))
             continue
-        timer.hook(stage, '_fca stages')
-        for block in stage.blocks:
-            timer.hook(block, '_blocks')
-            for name in ('norm1', 'attn', 'ls1'):
-                timer.hook(getattr(block, name), 'attention')
-            for name in ('norm2', 'ffn', 'ls2'):
-                timer.hook(getattr(block, name), 'FFN')
+        result.append(('_stage', f'stage{i}', lambda m=stage: m(*inputs[m])))
+        for j, block in enumerate(stage.blocks):
+            args = inputs[block]
+            cross = args[1] if len(args) > 1 else None
+            for part, fn in block_calls(block, args[0], cross).items():
+                result.append((part, f'stage{i}.{j}.{part}', fn))
     for i in model.out_indices:
-        timer.hook(model.output_module(i), 'output norms')
-    return timer
-
-
-def parts(totals: dict, whole: float) -> dict:
-    result = {k: v for k, v in totals.items() if not k.startswith('_')}
-    result['TME'] = totals['_blocks'] - totals['attention'] - totals['FFN']
-    result['stage glue'] = totals['_fca stages'] - totals['_blocks']
-    result['rest'] = whole - sum(result.values())
+        module = model.output_module(i)
+        result.append(('output norms', f'out{i}',
+                       lambda m=module: m(*inputs[m])))
     return result
+
+
+def convnext_t():
+    from mmpretrain.models import ConvNeXt
+    model = ConvNeXt('tiny', out_indices=(0, 1, 2, 3),
+                     gap_before_final_norm=False)
+    model.eval()
+    return model
 
 
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
     model = FcaFormer(args.arch, out_indices=(0, 1, 2, 3),
                       window_size=args.window_size)
     model.init_weights()
     model.switch_to_deploy()
+    baseline = convnext_t()
     x = torch.randn(args.batch, 3, *args.shape)
+    timed = calls(model, x)
+    timed += [('_whole', 'whole', lambda: model(x)),
+              ('_convnext', 'convnext', lambda: baseline(x))]
+    times = defaultdict(list)
     with torch.no_grad():
-        for _ in range(5):
-            model(x)
-        plain = []
+        for _ in range(3):
+            for _, _, fn in timed:
+                fn()
         for _ in range(args.repeat):
-            start = time.perf_counter()
-            model(x)
-            plain.append(time.perf_counter() - start)
-        timer = instrument(model)
-        runs = defaultdict(list)
-        for _ in range(args.repeat):
-            timer.totals.clear()
-            start = time.perf_counter()
-            model(x)
-            whole = time.perf_counter() - start
-            for name, value in parts(timer.totals, whole).items():
-                runs[name].append(value * 1000)
-            runs['whole (hooked)'].append(whole * 1000)
-    total = statistics.median(runs['whole (hooked)'])
+            for _, key, fn in timed:
+                start = time.perf_counter()
+                fn()
+                times[key].append((time.perf_counter() - start) * 1000)
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    parts = defaultdict(float)
+    for part, key, _ in timed:
+        parts[part] += medians[key]
+    blocks = parts['attention'] + parts['TME'] + parts['FFN']
+    parts['stage glue'] = parts['_stage'] - blocks
+    total = sum(parts[p] for p in PARTS)
     print(f'FcaFormer-{args.arch.upper()} backbone, deploy mode, batch '
-          f'{args.batch}, {args.shape[0]}x{args.shape[1]}, '
-          f'{args.threads} threads, median of {args.repeat}')
-    print(f'  forward without hooks: {statistics.median(plain) * 1000:.1f} '
-          f'ms; with hooks: {total:.1f} ms')
-    print(f'  {"part":18s} {"ms":>7s} {"share":>6s}')
+          f'{args.batch}, {args.shape[0]}x{args.shape[1]}, {args.threads} '
+          f'threads, medians of {args.repeat} interleaved rounds')
+    print(f'  whole forward {parts["_whole"]:.1f} ms, ConvNeXt-T backbone '
+          f'{parts["_convnext"]:.1f} ms (ratio '
+          f'{parts["_whole"] / parts["_convnext"]:.2f}); sum of parts '
+          f'{total:.1f} ms')
+    print(f'  {"part":16s} {"ms":>7s} {"share":>6s}')
     for name in PARTS:
-        value = statistics.median(runs[name])
-        print(f'  {name:18s} {value:7.2f} {value / total:6.1%}')
+        print(f'  {name:16s} {parts[name]:7.2f} {parts[name] / total:6.1%}')
     if args.ops:
         from torch.profiler import ProfilerActivity, profile
         with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) \
