@@ -158,12 +158,23 @@ def configure_training(cfg, args):
     return cfg
 
 
+def _close_process_group():
+    """Shut the process group down before the interpreter exits (gloo
+    aborts a process that exits with its group alive)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def train(argv: Optional[List[str]] = None):
     """Train as ``tools/train.py`` does; returns the trained model."""
     args = train_parser().parse_args(argv)
     cfg = configure_training(_prepare(args), args)
     runner = _build_runner(cfg)
-    return runner.train()
+    try:
+        return runner.train()
+    finally:
+        _close_process_group()
 
 
 def _enable_visualization(cfg, scope: str, args):
@@ -248,7 +259,10 @@ def test(argv: Optional[List[str]] = None) -> Dict[str, float]:
     runner = _build_runner(cfg)
     if args.out and scope != 'mmseg':
         _add_result_dump(runner, scope, args.out)
-    metrics = runner.test()
+    try:
+        metrics = runner.test()
+    finally:
+        _close_process_group()
     metrics = {k: _plain(v) for k, v in (metrics or {}).items()}
     path = osp.join(runner.log_dir, 'test_metrics.json')
     with open(path, 'w') as file:

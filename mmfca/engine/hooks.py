@@ -204,7 +204,8 @@ class NonFiniteLossHook(Hook):
         for name, value in (outputs or {}).items():
             if 'loss' not in name:
                 continue
-            value = float(value)
+            value = float(value.detach() if isinstance(
+                value, torch.Tensor) else value)
             if not math.isfinite(value):
                 bad[name] = value
         if not bad:

@@ -132,6 +132,12 @@ class ReliableRunner(Runner):
     """
 
     def __init__(self, *args, **kwargs):
+        # Before the Runner creates its work and log directories.
+        for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+            loader = kwargs.get(key)
+            if isinstance(loader, dict) and isinstance(
+                    loader.get('dataset'), dict):
+                check_dataset_paths(loader['dataset'])
         super().__init__(*args, **kwargs)
         self.trust_checkpoint = bool(self.cfg.get('trust_checkpoint', False))
         if isinstance(self._train_dataloader, dict):

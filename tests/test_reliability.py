@@ -1,0 +1,347 @@
+"""Interrupted runs, several processes, determinism, NaN stops and bad
+input, on the UperNet config with a small FcaFormer-L1 and synthetic
+ADE20K."""
+import datetime
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import pytest
+import torch
+
+from mmfca import launch
+from mmfca.datasets import (LoadImageFromFileOrSkip, ade20k_cpu_overrides,
+                            make_synthetic_ade20k)
+from mmfca.engine.runner import find_resumable_checkpoint
+from mmfca.runtime import build_model, load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
+ITERS = 6
+SMALL_L1 = [
+    'model.backbone.arch=l1', 'model.backbone.out_channels=None',
+    'model.decode_head.in_channels=[64,128,192,320]',
+    'model.auxiliary_head.in_channels=192'
+]
+
+
+def small_run(root, iters=ITERS, **kwargs):
+    """--cfg-options: UperNet + L1 on the synthetic data, a checkpoint every
+    2 iterations, deterministic algorithms."""
+    return ade20k_cpu_overrides(root, iters, **kwargs) + SMALL_L1 + [
+        'default_hooks.checkpoint.interval=2',
+        'randomness.deterministic=True'
+    ]
+
+
+def losses_by_iter(work_dir):
+    """{iteration: loss} from every run logged in ``work_dir``."""
+    losses = {}
+    for path in glob.glob(
+            os.path.join(work_dir, '*', 'vis_data', 'scalars.json')):
+        for line in open(path):
+            record = json.loads(line)
+            if 'loss' in record:
+                losses[record['iter']] = record['loss']
+    return losses
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def assert_identical(a, b, where='checkpoint'):
+    """Bitwise equality of two nested checkpoint structures."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_identical(a[key], b[key], f'{where}.{key}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f'{where}[{i}]')
+    else:
+        assert a == b, where
+
+
+@pytest.fixture(scope='module')
+def ade(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('reliability_ade'))
+    make_synthetic_ade20k(root, num_train=16, num_val=2, size=128)
+    return root
+
+
+@pytest.fixture(scope='module')
+def reference(ade, tmp_path_factory):
+    """An uninterrupted run: 6 iterations, checkpoints at 2, 4 and 6."""
+    work_dir = str(tmp_path_factory.mktemp('reference'))
+    launch.train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
+                 small_run(ade))
+    return work_dir
+
+
+@pytest.fixture(scope='module')
+def killed_and_resumed(ade, tmp_path_factory):
+    """The same run in a subprocess, SIGKILLed while it writes iter_4.pth,
+    then resumed in-process with ``--resume``."""
+    work_dir = str(tmp_path_factory.mktemp('killed'))
+    process = subprocess.Popen(
+        [sys.executable, 'tools/train.py', SEG_CONFIG, '--work-dir',
+         work_dir, '--cfg-options'] + small_run(ade),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    pattern = os.path.join(work_dir, 'iter_4.pth.tmp-*')
+    deadline = time.time() + 600
+    while process.poll() is None and time.time() < deadline:
+        if glob.glob(pattern):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    process.wait()
+    after_kill = dict(
+        returncode=process.returncode,
+        partial=glob.glob(pattern),
+        files=sorted(os.listdir(work_dir)),
+        last=open(os.path.join(work_dir, 'last_checkpoint')).read())
+    launch.train([SEG_CONFIG, '--work-dir', work_dir, '--resume',
+                  '--cfg-options'] + small_run(ade))
+    return dict(work_dir=work_dir, after_kill=after_kill)
+
+
+def test_a_kill_while_saving_leaves_the_previous_checkpoint_as_latest(
+        killed_and_resumed):
+    after_kill = killed_and_resumed['after_kill']
+    assert after_kill['returncode'] == -signal.SIGKILL
+    # Killed mid-write: only the temporary file exists, and the recorded
+    # latest checkpoint is the previous, complete one.
+    assert after_kill['partial'], 'the kill came after the write finished'
+    assert 'iter_4.pth' not in after_kill['files']
+    assert after_kill['last'].endswith('iter_2.pth')
+    # The resumed run removed the partial file.
+    assert not glob.glob(
+        os.path.join(killed_and_resumed['work_dir'], '*.tmp-*'))
+
+
+def test_resumed_run_ends_bit_identical_to_the_uninterrupted_one(
+        reference, killed_and_resumed):
+    expected = load(os.path.join(reference, f'iter_{ITERS}.pth'))
+    resumed = load(
+        os.path.join(killed_and_resumed['work_dir'], f'iter_{ITERS}.pth'))
+    assert resumed['meta']['iter'] == expected['meta']['iter'] == ITERS
+    for key in ('state_dict', 'optimizer', 'param_schedulers'):
+        assert_identical(resumed[key], expected[key], key)
+    assert resumed['optimizer']['param_groups'][0]['lr'] == \
+        expected['optimizer']['param_groups'][0]['lr']
+    assert 'rng_states' in resumed
+
+
+def test_two_deterministic_runs_log_identical_losses(reference,
+                                                     killed_and_resumed):
+    # Two processes (the second killed and resumed) with the same seed and
+    # randomness.deterministic=True.
+    expected = losses_by_iter(reference)
+    assert sorted(expected) == list(range(1, ITERS + 1))
+    assert losses_by_iter(killed_and_resumed['work_dir']) == expected
+
+
+def test_auto_resume_skips_a_truncated_latest_checkpoint(reference, ade,
+                                                        tmp_path):
+    for step in (2, 4):
+        shutil.copy(os.path.join(reference, f'iter_{step}.pth'), tmp_path)
+    broken = str(tmp_path / 'iter_4.pth')
+    data = open(broken, 'rb').read()
+    open(broken, 'wb').write(data[:len(data) // 2])
+    (tmp_path / 'last_checkpoint').write_text(broken)
+    assert find_resumable_checkpoint(str(tmp_path)) == str(
+        tmp_path / 'iter_2.pth')
+    with pytest.raises(RuntimeError, match='truncated or damaged'):
+        launch.test([SEG_CONFIG, broken, '--work-dir',
+                     str(tmp_path / 'test'), '--cfg-options'] +
+                    small_run(ade))
+
+
+def test_checkpoint_with_foreign_objects_needs_trust(reference, ade,
+                                                     tmp_path):
+    checkpoint = load(os.path.join(reference, f'iter_{ITERS}.pth'))
+    checkpoint['meta']['saved_on'] = datetime.date(2026, 11, 23)
+    path = str(tmp_path / 'foreign.pth')
+    torch.save(checkpoint, path)
+    args = [SEG_CONFIG, path, '--work-dir', str(tmp_path / 'test'),
+            '--cfg-options'] + small_run(ade)
+    with pytest.raises(RuntimeError, match='--trust-checkpoint'):
+        launch.test(args)
+    metrics = launch.test(args + ['--trust-checkpoint'])
+    assert 'mIoU' in metrics
+
+
+def test_missing_checkpoint_is_named(ade, tmp_path):
+    with pytest.raises(FileNotFoundError, match='nowhere.pth'):
+        launch.test([SEG_CONFIG, str(tmp_path / 'nowhere.pth'),
+                     '--cfg-options'] + small_run(ade))
+
+
+def test_nan_loss_stops_before_a_checkpoint_is_written(ade, tmp_path):
+    work_dir = str(tmp_path)
+    # A learning rate of 1e30 turns the weights to inf after one step.
+    options = small_run(ade, iters=4, lr=1e30, warmup=1) + [
+        'default_hooks.checkpoint.interval=1'
+    ]
+    with pytest.raises(FloatingPointError,
+                       match=r'iteration 2 \(epoch 1\): loss=nan'):
+        launch.train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
+                     options)
+    assert sorted(os.path.basename(p)
+                  for p in glob.glob(f'{work_dir}/*.pth')) == ['iter_1.pth']
+    weights = load(os.path.join(work_dir, 'iter_1.pth'))['state_dict']
+    assert all(torch.isfinite(w).all() for w in weights.values()
+               if w.is_floating_point())
+
+
+def ddp_config(tmp_path):
+    """The UperNet config where 2 processes x batch 1 and 1 process x batch
+    2 compute the same gradient: a fixed-size pipeline, no dropout or drop
+    path, BN only in the backbone and frozen there (SyncBN becomes
+    per-process BN on CPU), plain SGD in float32."""
+    path = tmp_path / 'ddp_check.py'
+    path.write_text(f"""
+_base_ = {SEG_CONFIG!r}
+train_dataloader = dict(dataset=dict(pipeline=[
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='Resize', scale=(96, 96), keep_ratio=False),
+    dict(type='PackSegInputs'),
+]))
+model = dict(
+    backbone=dict(drop_path_rate=0.0, norm_eval=True,
+                  layer_scale_init_value=1e-6),
+    decode_head=dict(norm_cfg=None, dropout_ratio=0.0),
+    auxiliary_head=dict(norm_cfg=None, dropout_ratio=0.0))
+optim_wrapper = dict(
+    cpu_autocast=False,
+    optimizer=dict(_delete_=True, type='SGD', lr=1e-3, weight_decay=0.0))
+param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False,
+                        begin=0, end=10)]
+""")
+    return str(path)
+
+
+def test_two_cpu_processes_match_one_process_with_twice_the_batch(
+        ade, tmp_path):
+    config = ddp_config(tmp_path)
+    options = [
+        o for o in ade20k_cpu_overrides(ade, 1)
+        if not o.startswith(('train_dataloader.dataset.pipeline',
+                             'param_scheduler', 'optim_wrapper'))
+    ] + SMALL_L1 + ['train_cfg.val_interval=100']
+    # Both runs start from the same weights.
+    cfg = load_config(
+        config, {
+            'model.backbone.arch': 'l1',
+            'model.backbone.out_channels': None,
+            'model.backbone.init_cfg': None,
+            'model.decode_head.in_channels': [64, 128, 192, 320],
+            'model.auxiliary_head.in_channels': 192
+        })
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.init_weights()
+    start = str(tmp_path / 'start.pth')
+    torch.save({'state_dict': model.state_dict()}, start)
+    options.append(f'load_from={start}')
+
+    env = dict(os.environ, PORT='29533')
+    env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env['PATH']
+    two = str(tmp_path / 'two')
+    result = subprocess.run(
+        ['bash', 'tools/dist_train.sh', config, '2', '--work-dir', two,
+         '--cfg-options', 'train_dataloader.batch_size=1'] + options,
+        cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[
+        -3000:]
+    assert 'gloo backend on CPU' in result.stdout + result.stderr
+    log = open(glob.glob(os.path.join(two, '*', '*.log'))[0]).read()
+    assert 'DDP wraps the CPU model' in log
+    one = str(tmp_path / 'one')
+    launch.train([config, '--work-dir', one, '--cfg-options',
+                  'train_dataloader.batch_size=2'] + options)
+
+    initial = load(start)['state_dict']
+    a = load(os.path.join(two, 'iter_1.pth'))['state_dict']
+    b = load(os.path.join(one, 'iter_1.pth'))['state_dict']
+    update = max((b[k] - initial[k]).abs().max().item() for k in initial)
+    gap = max((a[k] - b[k]).abs().max().item() for k in initial)
+    assert update > 1e-4
+    # Measured: the gap is about 1.4e-4 of the largest update (summation
+    # order); a missing gradient all-reduce makes it of order 1.
+    assert gap < 1e-2 * update, (gap, update)
+
+
+def test_missing_dataset_directory_is_refused_before_anything_is_written(
+        tmp_path):
+    work_dir = tmp_path / 'work'
+    with pytest.raises(FileNotFoundError, match='data_root .*nowhere'):
+        launch.train([SEG_CONFIG, '--work-dir', str(work_dir),
+                      '--cfg-options'] +
+                     small_run(str(tmp_path / 'nowhere')))
+    assert not work_dir.exists()
+
+
+def test_empty_dataset_directory_is_refused(ade, tmp_path):
+    root = tmp_path / 'empty'
+    shutil.copytree(ade, root)
+    for path in glob.glob(str(root / 'images' / 'training' / '*')):
+        os.remove(path)
+    with pytest.raises(ValueError, match='found no samples'):
+        launch.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
+                      '--cfg-options'] + small_run(str(root)))
+
+
+def test_labels_beyond_num_classes_are_refused(ade, tmp_path):
+    root = tmp_path / 'labels'
+    shutil.copytree(ade, root)
+    for path in glob.glob(str(root / 'annotations' / 'training' / '*')):
+        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        label[:8, :8] = 200  # class 199 after reduce_zero_label
+        cv2.imwrite(path, label)
+    with pytest.raises(ValueError, match=r'holds class\(es\) \[199\].*'
+                       r'num_classes=150'):
+        launch.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
+                      '--cfg-options'] + small_run(str(root)))
+    assert not glob.glob(str(tmp_path / 'work' / '*.pth'))
+
+
+def test_undecodable_images_are_skipped_and_counted(ade, tmp_path):
+    root = tmp_path / 'broken'
+    shutil.copytree(ade, root)
+    images = sorted(glob.glob(str(root / 'images' / 'training' / '*')))
+    for path in images[2:]:
+        open(path, 'wb').write(b'not an image')
+    before = LoadImageFromFileOrSkip.skipped
+    launch.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
+                  '--cfg-options'] + small_run(str(root), iters=2))
+    assert LoadImageFromFileOrSkip.skipped > before
+    log = open(glob.glob(str(tmp_path / 'work' / '*' / '*.log'))[0]).read()
+    assert 'it cannot be read as an image' in log
+    assert os.path.isfile(tmp_path / 'work' / 'iter_2.pth')
+
+
+def test_amp_on_cpu_is_refused_for_detection():
+    det = os.path.join(REPO, 'configs/mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
+    with pytest.raises(ValueError, match='no bfloat16 kernels'):
+        launch.train([det, '--amp'])
+
+
+def test_typo_in_a_backbone_key_is_named():
+    cfg = load_config(SEG_CONFIG, {'model.backbone.archh': 'l1'})
+    with pytest.raises(TypeError, match="'archh'.*did you mean 'arch'"):
+        build_model(cfg)
+
