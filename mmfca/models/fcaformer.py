@@ -12,6 +12,8 @@ feature map, which is exactly the ImageNet classifier; for larger or
 irregular inputs the maps are padded to whole windows, as the official
 downstream models do.
 """
+import difflib
+import inspect
 import math
 import re
 from collections import OrderedDict
@@ -639,6 +641,23 @@ class FcaFormer(BaseModule):
         dict(type='Constant', layer=['LayerNorm'], val=1., bias=0.),
     ]
 
+    @classmethod
+    def _unknown_arguments(cls, unknown: dict) -> str:
+        """The message for config keys FcaFormer does not take, with the
+        closest valid names (a typo in a config otherwise surfaces as a bare
+        ``unexpected keyword argument``)."""
+        valid = [
+            name for name in inspect.signature(cls.__init__).parameters
+            if name not in ('self', 'unknown')
+        ]
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else 'unknown'
+            hints.append(f"'{name}' ({hint})")
+        return (f'FcaFormer got unexpected argument(s) {", ".join(hints)}. '
+                f'Its arguments are: {", ".join(valid)}.')
+
     def __init__(self,
                  arch: Union[str, dict] = 'l2',
                  in_channels: int = 3,
@@ -654,7 +673,10 @@ class FcaFormer(BaseModule):
                  norm_eval: bool = False,
                  with_cp: bool = False,
                  resize_bias_tables: bool = False,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+                 init_cfg: Optional[Union[dict, List[dict]]] = None,
+                 **unknown):
+        if unknown:
+            raise TypeError(self._unknown_arguments(unknown))
         super().__init__(init_cfg=init_cfg or self.default_init_cfg)
         self.arch_settings = self._parse_arch(arch)
         channels = self.arch_settings['channels']
