@@ -1,6 +1,9 @@
 """ImageNet classifiers: training, the checkpoint -> downstream loop,
 inference, layer-wise decay, other resolutions."""
+import json
+import math
 import os
+from glob import glob
 
 import pytest
 import torch
@@ -35,14 +38,15 @@ def synthetic_overrides(root):
 
 @pytest.fixture(scope='session')
 def l1_run(tmp_path_factory):
-    """Train the L1 classifier config for 2 short epochs (EMA on)."""
+    """Train the L1 classifier config for 2 short epochs (EMA on), with
+    ``--amp`` (bfloat16 autocast on a CPU)."""
     root = str(tmp_path_factory.mktemp('synthetic_imagenet'))
     make_synthetic_imagenet(root, num_train=32, num_val=8, size=96)
     work_dir = str(tmp_path_factory.mktemp('l1_in1k'))
-    launch.train([L1_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
-                 synthetic_overrides(root))
+    launch.train([L1_CONFIG, '--work-dir', work_dir, '--amp',
+                  '--cfg-options'] + synthetic_overrides(root))
     checkpoint = os.path.join(work_dir, 'epoch_2.pth')
-    return dict(root=root, checkpoint=checkpoint,
+    return dict(root=root, checkpoint=checkpoint, work_dir=work_dir,
                 saved=torch.load(checkpoint, map_location='cpu'))
 
 
@@ -86,6 +90,19 @@ def test_imagenet_checkpoint_feeds_the_downstream_configs(
     assert len(loaded) == len(report['loaded']) > 300
     for key in loaded:
         assert torch.equal(state[key], expected[key]), key
+
+
+def test_amp_trains_the_classifier_on_cpu_without_nan(l1_run):
+    log = open(glob(os.path.join(l1_run['work_dir'], '*', '*.log'))[0]).read()
+    assert 'bfloat16 autocast on the CPU' in log
+    scalars = glob(os.path.join(l1_run['work_dir'], '*', 'vis_data',
+                                'scalars.json'))[0]
+    losses = [json.loads(line)['loss'] for line in open(scalars)
+              if '"loss"' in line]
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    weights = l1_run['saved']['state_dict'].values()
+    assert all(torch.isfinite(w).all() for w in weights
+               if w.is_floating_point())
 
 
 def test_ema_weights_differ_from_the_plain_ones(l1_run):

@@ -61,6 +61,42 @@ def test_mask_rcnn_trains_on_cpu(mask_rcnn_run):
     assert 'training in float32 (cpu_autocast=False' in log
 
 
+def test_epoch_based_resume_is_bit_identical(mask_rcnn_run, tmp_path):
+    # The 2-epoch run stopped after epoch 1 (as a kill after that
+    # checkpoint would), then resumed: the RoI samplers' draws continue.
+    options = synthetic_overrides(mask_rcnn_run['root'], epochs=2)
+    work_dir = str(tmp_path)
+    launch.train([MASK_RCNN, '--work-dir', work_dir, '--cfg-options'] +
+                 options + ['train_cfg.max_epochs=1'])
+    launch.train([MASK_RCNN, '--work-dir', work_dir, '--resume',
+                  '--cfg-options'] + options)
+    expected = torch.load(mask_rcnn_run['checkpoint'], weights_only=True)
+    resumed = torch.load(os.path.join(work_dir, 'epoch_2.pth'),
+                         weights_only=True)
+    assert resumed['meta']['epoch'] == expected['meta']['epoch'] == 2
+    assert resumed['meta']['iter'] == expected['meta']['iter']
+    for key, value in expected['state_dict'].items():
+        assert torch.equal(resumed['state_dict'][key], value), key
+    for index, state in expected['optimizer']['state'].items():
+        for name, value in state.items():
+            assert torch.equal(resumed['optimizer']['state'][index][name],
+                               value), (index, name)
+    assert resumed['param_schedulers'] == expected['param_schedulers']
+
+
+def test_annotation_file_that_is_not_coco_is_refused(synthetic_coco,
+                                                     tmp_path):
+    not_coco = tmp_path / 'labels.json'
+    not_coco.write_text(json.dumps({'images': [], 'labels': []}))
+    with pytest.raises(ValueError, match="not a COCO annotation file.*"
+                       r"lacks the top-level key\(s\) \['annotations', "
+                       "'categories'\]"):
+        launch.train([MASK_RCNN, '--work-dir', str(tmp_path / 'work'),
+                      '--cfg-options'] +
+                     synthetic_overrides(synthetic_coco) +
+                     [f'train_dataloader.dataset.ann_file={not_coco}'])
+
+
 def test_cascade_mask_rcnn_trains_on_cpu(synthetic_coco, tmp_path):
     launch.train([CASCADE, '--work-dir', str(tmp_path), '--cfg-options'] +
           synthetic_overrides(synthetic_coco))
