@@ -54,9 +54,10 @@ def export_onnx(model: nn.Module,
         dynamic (bool): Dynamic batch, height and width. This uses the
             TorchScript-based exporter (``dynamo=False``, ``dynamic_axes``):
             its trace records the window padding as arithmetic on the input
-            size, so one file serves every input size. (The torch.export-
-            based exporter with symbolic ``Dim`` shapes did not finish on
-            the windowed stages in 10 minutes with torch 2.14.)
+            size, so one file serves every input size. (With torch 2.14
+            the torch.export-based exporter with symbolic ``Dim`` shapes
+            specialises on the window counts of the example input, or does
+            not finish in 15 minutes for an example with several windows.)
     """
     wrapper = prepared(model, dense)
     images = torch.randn(1, 3, *shape)
