@@ -239,7 +239,7 @@ class LabelRangeHook(Hook):
     def _classes(model):
         model = model.module if is_model_wrapper(model) else model
         decode_head = getattr(model, 'decode_head', None)
-        if decode_head is not None:
+        if hasattr(decode_head, 'num_classes'):
             return 'gt_sem_seg', decode_head.num_classes, getattr(
                 decode_head, 'ignore_index', 255)
         head = getattr(model, 'head', None)
