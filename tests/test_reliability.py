@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from mmfca import launch
-from mmfca.datasets import (LoadImageFromFileOrSkip, ade20k_cpu_overrides,
-                            make_synthetic_ade20k)
+from mmfca.datasets import LoadImageFromFileOrSkip, ade20k_cpu_overrides
 from mmfca.engine.runner import find_resumable_checkpoint
 from mmfca.runtime import build_model, load_config
 
@@ -73,29 +72,22 @@ def assert_identical(a, b, where='checkpoint'):
 
 
 @pytest.fixture(scope='module')
-def ade(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('reliability_ade'))
-    make_synthetic_ade20k(root, num_train=16, num_val=2, size=128)
-    return root
-
-
-@pytest.fixture(scope='module')
-def reference(ade, tmp_path_factory):
+def reference(synthetic_ade, tmp_path_factory):
     """An uninterrupted run: 6 iterations, checkpoints at 2, 4 and 6."""
     work_dir = str(tmp_path_factory.mktemp('reference'))
     launch.train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
-                 small_run(ade))
+                 small_run(synthetic_ade))
     return work_dir
 
 
 @pytest.fixture(scope='module')
-def killed_and_resumed(ade, tmp_path_factory):
+def killed_and_resumed(synthetic_ade, tmp_path_factory):
     """The same run in a subprocess, SIGKILLed while it writes iter_4.pth,
     then resumed in-process with ``--resume``."""
     work_dir = str(tmp_path_factory.mktemp('killed'))
     process = subprocess.Popen(
         [sys.executable, 'tools/train.py', SEG_CONFIG, '--work-dir',
-         work_dir, '--cfg-options'] + small_run(ade),
+         work_dir, '--cfg-options'] + small_run(synthetic_ade),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
@@ -113,7 +105,7 @@ def killed_and_resumed(ade, tmp_path_factory):
         files=sorted(os.listdir(work_dir)),
         last=open(os.path.join(work_dir, 'last_checkpoint')).read())
     launch.train([SEG_CONFIG, '--work-dir', work_dir, '--resume',
-                  '--cfg-options'] + small_run(ade))
+                  '--cfg-options'] + small_run(synthetic_ade))
     return dict(work_dir=work_dir, after_kill=after_kill)
 
 
@@ -153,7 +145,7 @@ def test_two_deterministic_runs_log_identical_losses(reference,
     assert losses_by_iter(killed_and_resumed['work_dir']) == expected
 
 
-def test_auto_resume_skips_a_truncated_latest_checkpoint(reference, ade,
+def test_auto_resume_skips_a_truncated_latest_checkpoint(reference, synthetic_ade,
                                                         tmp_path):
     for step in (2, 4):
         shutil.copy(os.path.join(reference, f'iter_{step}.pth'), tmp_path)
@@ -166,33 +158,33 @@ def test_auto_resume_skips_a_truncated_latest_checkpoint(reference, ade,
     with pytest.raises(RuntimeError, match='truncated or damaged'):
         launch.test([SEG_CONFIG, broken, '--work-dir',
                      str(tmp_path / 'test'), '--cfg-options'] +
-                    small_run(ade))
+                    small_run(synthetic_ade))
 
 
-def test_checkpoint_with_foreign_objects_needs_trust(reference, ade,
+def test_checkpoint_with_foreign_objects_needs_trust(reference, synthetic_ade,
                                                      tmp_path):
     checkpoint = load(os.path.join(reference, f'iter_{ITERS}.pth'))
     checkpoint['meta']['saved_on'] = datetime.date(2026, 11, 23)
     path = str(tmp_path / 'foreign.pth')
     torch.save(checkpoint, path)
     args = [SEG_CONFIG, path, '--work-dir', str(tmp_path / 'test'),
-            '--cfg-options'] + small_run(ade)
+            '--cfg-options'] + small_run(synthetic_ade)
     with pytest.raises(RuntimeError, match='--trust-checkpoint'):
         launch.test(args)
     metrics = launch.test(args + ['--trust-checkpoint'])
     assert 'mIoU' in metrics
 
 
-def test_missing_checkpoint_is_named(ade, tmp_path):
+def test_missing_checkpoint_is_named(synthetic_ade, tmp_path):
     with pytest.raises(FileNotFoundError, match='nowhere.pth'):
         launch.test([SEG_CONFIG, str(tmp_path / 'nowhere.pth'),
-                     '--cfg-options'] + small_run(ade))
+                     '--cfg-options'] + small_run(synthetic_ade))
 
 
-def test_nan_loss_stops_before_a_checkpoint_is_written(ade, tmp_path):
+def test_nan_loss_stops_before_a_checkpoint_is_written(synthetic_ade, tmp_path):
     work_dir = str(tmp_path)
     # A learning rate of 1e30 turns the weights to inf after one step.
-    options = small_run(ade, iters=4, lr=1e30, warmup=1) + [
+    options = small_run(synthetic_ade, iters=4, lr=1e30, warmup=1) + [
         'default_hooks.checkpoint.interval=1'
     ]
     with pytest.raises(FloatingPointError,
@@ -235,10 +227,10 @@ param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False,
 
 
 def test_two_cpu_processes_match_one_process_with_twice_the_batch(
-        ade, tmp_path):
+        synthetic_ade, tmp_path):
     config = ddp_config(tmp_path)
     options = [
-        o for o in ade20k_cpu_overrides(ade, 1)
+        o for o in ade20k_cpu_overrides(synthetic_ade, 1)
         if not o.startswith(('train_dataloader.dataset.pipeline',
                              'param_scheduler', 'optim_wrapper'))
     ] + SMALL_L1 + ['train_cfg.val_interval=100']
@@ -295,9 +287,9 @@ def test_missing_dataset_directory_is_refused_before_anything_is_written(
     assert not work_dir.exists()
 
 
-def test_empty_dataset_directory_is_refused(ade, tmp_path):
+def test_empty_dataset_directory_is_refused(synthetic_ade, tmp_path):
     root = tmp_path / 'empty'
-    shutil.copytree(ade, root)
+    shutil.copytree(synthetic_ade, root)
     for path in glob.glob(str(root / 'images' / 'training' / '*')):
         os.remove(path)
     with pytest.raises(ValueError, match='found no samples'):
@@ -305,9 +297,9 @@ def test_empty_dataset_directory_is_refused(ade, tmp_path):
                       '--cfg-options'] + small_run(str(root)))
 
 
-def test_labels_beyond_num_classes_are_refused(ade, tmp_path):
+def test_labels_beyond_num_classes_are_refused(synthetic_ade, tmp_path):
     root = tmp_path / 'labels'
-    shutil.copytree(ade, root)
+    shutil.copytree(synthetic_ade, root)
     for path in glob.glob(str(root / 'annotations' / 'training' / '*')):
         label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         label[:8, :8] = 200  # class 199 after reduce_zero_label
@@ -319,9 +311,9 @@ def test_labels_beyond_num_classes_are_refused(ade, tmp_path):
     assert not glob.glob(str(tmp_path / 'work' / '*.pth'))
 
 
-def test_undecodable_images_are_skipped_and_counted(ade, tmp_path):
+def test_undecodable_images_are_skipped_and_counted(synthetic_ade, tmp_path):
     root = tmp_path / 'broken'
-    shutil.copytree(ade, root)
+    shutil.copytree(synthetic_ade, root)
     images = sorted(glob.glob(str(root / 'images' / 'training' / '*')))
     for path in images[2:]:
         open(path, 'wb').write(b'not an image')

@@ -12,7 +12,7 @@ from mmengine.optim import build_optim_wrapper
 from reference import official_shapes
 
 from mmfca.analysis import complexity
-from mmfca.datasets import ade20k_cpu_overrides, make_synthetic_ade20k
+from mmfca.datasets import ade20k_cpu_overrides
 from mmfca import launch
 from mmfca.models.checkpoint import _convert_official_key
 from mmfca.runtime import build_model, load_config
@@ -24,13 +24,6 @@ SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
 def synthetic_overrides(root, iters=12):
     """The --cfg-options of the README's CPU cycle."""
     return ade20k_cpu_overrides(root, iters)
-
-
-@pytest.fixture(scope='session')
-def synthetic_ade(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('synthetic_ade'))
-    make_synthetic_ade20k(root, num_train=16, num_val=4, size=128)
-    return root
 
 
 @pytest.fixture(scope='session')

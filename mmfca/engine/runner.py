@@ -10,7 +10,6 @@ import zipfile
 from contextlib import contextmanager
 from typing import Optional
 
-import torch
 import torch.distributed as torch_dist
 from mmengine.dist import is_distributed
 from mmengine.logging import print_log
