@@ -38,7 +38,11 @@ CONFIGS = dict(
     det=osp.join(REPO, 'configs/mask_rcnn_fcaformer_l2_fpn_3x_coco.py'))
 
 
-def task_options(task: str, root: str, length: int, workers: int) -> list:
+def task_options(task: str,
+                 root: str,
+                 length: int,
+                 workers: int,
+                 persistent: bool = True) -> list:
     """--cfg-options of a short CPU run: ``length`` iterations (seg, a
     checkpoint every 2) or epochs (det, one per epoch)."""
     if task == 'seg':
@@ -51,7 +55,7 @@ def task_options(task: str, root: str, length: int, workers: int) -> list:
     if workers:
         options += [
             f'train_dataloader.num_workers={workers}',
-            'train_dataloader.persistent_workers=True'
+            f'train_dataloader.persistent_workers={persistent}'
         ]
     return options
 
@@ -107,9 +111,10 @@ def differences(a_path: str, b_path: str) -> dict:
 
 
 def kill_at_random(command: list, work_dir: str, log: str,
-                   rng: random.Random) -> str:
-    """Start a run and SIGKILL it either while a checkpoint is written or
-    at a random moment after the first checkpoint."""
+                   rng: random.Random) -> dict:
+    """Start a run and SIGKILL it, once it has a checkpoint to resume
+    from, either while it writes the next one or at a random moment after
+    a new one; returns what happened and where a resume would start."""
     mode = rng.choice(['while saving', 'between checkpoints'])
     before = set(glob.glob(osp.join(work_dir, '*.pth')))
     with open(log, 'a') as out:
@@ -117,17 +122,21 @@ def kill_at_random(command: list, work_dir: str, log: str,
     while process.poll() is None:
         saving = glob.glob(osp.join(work_dir, '*.tmp-*'))
         saved = set(glob.glob(osp.join(work_dir, '*.pth'))) - before
-        if mode == 'while saving' and saving:
+        if mode == 'while saving' and saving and (saved or before):
             break
         if mode == 'between checkpoints' and saved:
-            time.sleep(rng.uniform(0.5, 5.0))
+            time.sleep(rng.uniform(0.1, 1.5))
             break
         time.sleep(0.002)
-    if process.poll() is not None:
-        return 'finished before the kill'
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    return mode
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    else:
+        mode = 'finished before the kill'
+    resume_from = find_resumable_checkpoint(work_dir)
+    return dict(
+        kill=mode,
+        resume_from=osp.basename(resume_from) if resume_from else None)
 
 
 def check_resume(args) -> dict:
@@ -136,7 +145,8 @@ def check_resume(args) -> dict:
     if not osp.isdir(root):
         make_data(args.task, root)
     length = args.length or (8 if args.task == 'seg' else 3)
-    options = task_options(args.task, root, length, args.workers)
+    options = task_options(args.task, root, length, args.workers,
+                           not args.fresh_workers)
     log = osp.join(args.work_dir, 'runs.log')
     reference = osp.join(args.work_dir, 'uninterrupted')
     run(train_command(config, reference, options, False), log)
@@ -150,6 +160,7 @@ def check_resume(args) -> dict:
     return dict(
         task=args.task,
         workers=args.workers,
+        persistent_workers=bool(args.workers) and not args.fresh_workers,
         kills=kills,
         differences=differences(
             final_checkpoint(reference), final_checkpoint(interrupted)))
@@ -202,6 +213,10 @@ def main():
         help='iterations (seg, default 8) or epochs (det, default 3)')
     parser.add_argument(
         '--workers', type=int, default=0, help='training data workers')
+    parser.add_argument(
+        '--fresh-workers',
+        action='store_true',
+        help='persistent_workers=False (new workers every epoch)')
     parser.add_argument('--seed', type=int, default=0, help='kill timing')
     parser.add_argument('--port', type=int, default=29541)
     args = parser.parse_args()

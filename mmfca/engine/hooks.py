@@ -5,6 +5,7 @@ stock Runner they can be listed in ``custom_hooks`` (and the checkpoint hook
 in ``default_hooks.checkpoint``).
 """
 import glob
+import logging
 import math
 import os
 import os.path as osp
@@ -172,8 +173,17 @@ class RNGStateHook(Hook):
         if isinstance(loop, IterBasedTrainLoop) and loop.iter > 0:
             loop.dataloader_iterator = _RestoreAfterReplay(
                 loop.dataloader_iterator, loop.iter, states)
-        else:
-            restore_rng_states(states)
+            return
+        restore_rng_states(states)
+        if getattr(loop.dataloader, 'persistent_workers', False):
+            print_log(
+                'Resuming an epoch-based run with persistent data-loader '
+                'workers: the new workers start from their first epoch\'s '
+                'random state, so augmentations from here on differ from an '
+                'uninterrupted run. For an exact resume set '
+                'train_dataloader.persistent_workers=False.',
+                logger='current',
+                level=logging.WARNING)
 
     def before_val(self, runner) -> None:
         self._before_val = capture_rng_states()
