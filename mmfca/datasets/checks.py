@@ -107,7 +107,30 @@ def explain_build_error(cfg: dict, error: Exception) -> Optional[Exception]:
                 f'to COCO format or point ann_file at the COCO JSON file '
                 f'(the dataset class raised {type(error).__name__}: '
                 f'{error}).')
+    # mmengine's BaseDataset serialises its samples with np.concatenate,
+    # which is what fails first when there are none.
+    if isinstance(error, ValueError) and 'at least one array' in str(error):
+        return empty_dataset_error(cfg)
     return None
+
+
+def empty_dataset_error(cfg: dict) -> ValueError:
+    """The error for a dataset without samples, naming where they were
+    looked for."""
+    places = []
+    for inner in _dataset_cfgs(cfg):
+        if inner.get('ann_file'):
+            places.append(
+                f'ann_file={_under_root(inner, inner["ann_file"])!r}')
+        for key, prefix in (inner.get('data_prefix') or {}).items():
+            places.append(
+                f'data_prefix.{key}={_under_root(inner, prefix)!r}')
+    where = ', '.join(places) or f'data_root={cfg.get("data_root")!r}'
+    return ValueError(
+        f'{cfg.get("type", "The dataset")} found no samples ({where}). '
+        f'The directory is empty, the file suffixes do not match '
+        f'(img_suffix / seg_map_suffix), or every image was filtered out '
+        f'(filter_cfg). Check the data and those settings.')
 
 
 def check_not_empty(dataset, cfg: dict) -> None:
@@ -121,19 +144,5 @@ def check_not_empty(dataset, cfg: dict) -> None:
     Raises:
         ValueError: Naming where the samples were looked for.
     """
-    if len(dataset) > 0:
-        return
-    places = []
-    for inner in _dataset_cfgs(cfg):
-        if inner.get('ann_file'):
-            places.append(
-                f'ann_file={_under_root(inner, inner["ann_file"])!r}')
-        for key, prefix in (inner.get('data_prefix') or {}).items():
-            places.append(
-                f'data_prefix.{key}={_under_root(inner, prefix)!r}')
-    where = ', '.join(places) or f'data_root={cfg.get("data_root")!r}'
-    raise ValueError(
-        f'{cfg.get("type", "The dataset")} found no samples ({where}). '
-        f'The directory is empty, the file suffixes do not match '
-        f'(img_suffix / seg_map_suffix), or every image was filtered out '
-        f'(filter_cfg). Check the data and those settings.')
+    if len(dataset) == 0:
+        raise empty_dataset_error(cfg)
