@@ -17,6 +17,7 @@ import torch
 
 from mmfca import launch
 from mmfca.datasets import LoadImageFromFileOrSkip, ade20k_cpu_overrides
+from mmfca.datasets.checks import check_dataset_paths
 from mmfca.engine.runner import find_resumable_checkpoint
 from mmfca.runtime import build_model, load_config
 
@@ -337,3 +338,23 @@ def test_typo_in_a_backbone_key_is_named():
     with pytest.raises(TypeError, match="'archh'.*did you mean 'arch'"):
         build_model(cfg)
 
+
+
+def test_dataset_path_checks_name_the_missing_piece(tmp_path):
+    (tmp_path / 'train').mkdir()
+    check_dataset_paths(
+        dict(type='CustomDataset', data_root=str(tmp_path),
+             data_prefix='train'))
+    with pytest.raises(FileNotFoundError, match=r"data_prefix.* '[^']*/val'"):
+        check_dataset_paths(
+            dict(type='CustomDataset', data_root=str(tmp_path),
+                 data_prefix='val'))
+    wrapped = dict(
+        type='RepeatDataset',
+        times=2,
+        dataset=dict(type='CocoDataset', data_root=str(tmp_path),
+                     ann_file='annotations/train.json',
+                     data_prefix=dict(img='train')))
+    with pytest.raises(FileNotFoundError,
+                       match=r'annotation file .*annotations/train\.json'):
+        check_dataset_paths(wrapped)

@@ -31,6 +31,14 @@ def _under_root(cfg: dict, path: str) -> str:
     return osp.join(root, path)
 
 
+def _prefixes(cfg: dict) -> dict:
+    """``data_prefix`` as a dict (mmpretrain also takes a plain string)."""
+    prefixes = cfg.get('data_prefix') or {}
+    if isinstance(prefixes, str):
+        return {'prefix': prefixes}
+    return dict(prefixes)
+
+
 def _is_local(path: str) -> bool:
     return '://' not in path
 
@@ -59,8 +67,7 @@ def check_dataset_paths(cfg: dict) -> None:
             raise FileNotFoundError(
                 f'{name}: annotation file {ann_file!r} (data_root + '
                 f'ann_file) does not exist. Check ann_file and data_root.')
-        prefixes = dataset.get('data_prefix') or {}
-        for key, prefix in prefixes.items():
+        for key, prefix in _prefixes(dataset).items():
             folder = _under_root(dataset, prefix)
             if folder and _is_local(folder) and not osp.isdir(folder):
                 raise FileNotFoundError(
@@ -122,7 +129,7 @@ def empty_dataset_error(cfg: dict) -> ValueError:
         if inner.get('ann_file'):
             places.append(
                 f'ann_file={_under_root(inner, inner["ann_file"])!r}')
-        for key, prefix in (inner.get('data_prefix') or {}).items():
+        for key, prefix in _prefixes(inner).items():
             places.append(
                 f'data_prefix.{key}={_under_root(inner, prefix)!r}')
     where = ', '.join(places) or f'data_root={cfg.get("data_root")!r}'

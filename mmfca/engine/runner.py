@@ -194,9 +194,8 @@ class ReliableRunner(Runner):
                          diff_rank_seed: bool = False):
         if not isinstance(dataloader, dict):
             return Runner.build_dataloader(dataloader, seed, diff_rank_seed)
+        # Paths were checked when the runner was created.
         dataset_cfg = dataloader.get('dataset')
-        if isinstance(dataset_cfg, dict):
-            check_dataset_paths(dataset_cfg)
         try:
             built = Runner.build_dataloader(dataloader, seed, diff_rank_seed)
         except Exception as err:
