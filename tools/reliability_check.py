@@ -8,8 +8,8 @@ small versions of them).
     # The same with data-loader workers (states the difference found).
     python tools/reliability_check.py resume --task seg --workers 2
 
-    # tools/dist_train.sh with 2 CPU processes x batch 1 against 1 process x
-    # batch 2.
+    # tools/dist_train.sh with 2 CPU processes x batch 2 against 1 process x
+    # batch 4.
     python tools/reliability_check.py ddp --task seg
     python tools/reliability_check.py ddp --task det
 
@@ -171,7 +171,8 @@ def check_ddp(args) -> dict:
     root = osp.join(args.work_dir, 'data')
     if not osp.isdir(root):
         make_data(args.task, root)
-    options = task_options(args.task, root, 1, 0)
+    options = task_options(args.task, root, 4 if args.task == 'seg' else 1,
+                           0)
     log = osp.join(args.work_dir, 'runs.log')
     env = dict(os.environ, PORT=str(args.port))
     env['PATH'] = osp.dirname(sys.executable) + os.pathsep + env['PATH']
@@ -180,14 +181,14 @@ def check_ddp(args) -> dict:
     run([
         'bash',
         osp.join(REPO, 'tools/dist_train.sh'), config, '2', '--work-dir', two,
-        '--cfg-options', 'train_dataloader.batch_size=1'
+        '--cfg-options', 'train_dataloader.batch_size=2'
     ] + options, log, env)
     two_seconds = time.time() - start
     one = osp.join(args.work_dir, 'one_process')
     start = time.time()
     run(
         train_command(config, one,
-                      options + ['train_dataloader.batch_size=2'], False),
+                      options + ['train_dataloader.batch_size=4'], False),
         log)
     return dict(
         task=args.task,

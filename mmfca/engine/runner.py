@@ -157,11 +157,25 @@ class ReliableRunner(Runner):
     def wrap_model(self, model_wrapper_cfg: Optional[dict], model):
         if not self.distributed or accelerator_available():
             return super().wrap_model(model_wrapper_cfg, model)
+        had_sync_bn = any('SyncBatchNorm' in type(module).__name__
+                          for module in model.modules())
         model = revert_sync_batchnorm(model)
         print_log(
             'No GPU: SyncBN layers run as BN (per-process statistics) and '
             'DDP wraps the CPU model.',
             logger='current')
+        loader = self._train_dataloader
+        batch_size = loader.get('batch_size', 2) if isinstance(
+            loader, dict) else 2
+        if had_sync_bn and batch_size < 2:
+            print_log(
+                'train_dataloader.batch_size is 1 per process and the '
+                'SyncBN layers now use per-process statistics: a BN layer '
+                'that sees one value per channel (such as UperNet\'s pooled '
+                '1x1 branch) fails with "Expected more than 1 value per '
+                'channel". Use a batch of 2 or more per process on CPU.',
+                logger='current',
+                level=logging.WARNING)
         cfg = dict(model_wrapper_cfg or {})
         cfg.setdefault('broadcast_buffers', False)
         cfg.setdefault('find_unused_parameters',
