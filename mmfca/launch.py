@@ -159,10 +159,12 @@ def configure_training(cfg, args):
 
 
 def _close_process_group():
-    """Shut the process group down before the interpreter exits (gloo
-    aborts a process that exits with its group alive)."""
+    """Shut the process group down after a finished run (gloo can abort a
+    process that exits with its group alive, or whose peer left first)."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        # Every rank arrives before any tears its connections down.
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -171,10 +173,9 @@ def train(argv: Optional[List[str]] = None):
     args = train_parser().parse_args(argv)
     cfg = configure_training(_prepare(args), args)
     runner = _build_runner(cfg)
-    try:
-        return runner.train()
-    finally:
-        _close_process_group()
+    model = runner.train()
+    _close_process_group()
+    return model
 
 
 def _enable_visualization(cfg, scope: str, args):
@@ -259,10 +260,8 @@ def test(argv: Optional[List[str]] = None) -> Dict[str, float]:
     runner = _build_runner(cfg)
     if args.out and scope != 'mmseg':
         _add_result_dump(runner, scope, args.out)
-    try:
-        metrics = runner.test()
-    finally:
-        _close_process_group()
+    metrics = runner.test()
+    _close_process_group()
     metrics = {k: _plain(v) for k, v in (metrics or {}).items()}
     path = osp.join(runner.log_dir, 'test_metrics.json')
     with open(path, 'w') as file:
