@@ -169,7 +169,10 @@ def _levit_bias_index(ws: int) -> torch.Tensor:
     return torch.tensor(index).view(len(points), len(points))
 
 
-def _fca_block(w, p, x, heads, ws, cross):
+def _fca_block(w, p, x, heads, ws, cross, prefix=0):
+    """One block on window tokens; ``prefix`` leading tokens (the plain
+    model's class token) have no grid position: zero position bias, and
+    they skip the two TME convolutions."""
     batch, n, c = x.shape
     d = c // heads
     xn = _ln(w, f'{p}.norm1', x)
@@ -182,7 +185,8 @@ def _fca_block(w, p, x, heads, ws, cross):
     q, k, v = qkv(xn)
     q = q * d**-0.5
     logits = q @ k.transpose(-1, -2)
-    logits = logits + w[f'{p}.attention_biases'][:, _levit_bias_index(ws)]
+    position = w[f'{p}.attention_biases'][:, _levit_bias_index(ws)]
+    logits = logits + F.pad(position, (prefix, 0, prefix, 0))
     if cross is not None:
         s = _ln(w, f'{p}.s_norm', cross * w[f'{p}.s_scale_factors'])
         _, ks, vs = qkv(s)
@@ -193,13 +197,14 @@ def _fca_block(w, p, x, heads, ws, cross):
     out = (attn @ v).transpose(1, 2).reshape(batch, n, c)
     out = F.linear(out, w[f'{p}.proj.weight'], w[f'{p}.proj.bias'])
     x = x + w[f'{p}.gamma_1'] * out
+    head, x = x[:, :prefix], x[:, prefix:]
     fmap = x.transpose(1, 2).reshape(batch, c, ws, ws)
     new_cross = None
     if f'{p}.dw_conv.weight' in w:
         new_cross = F.conv2d(fmap, w[f'{p}.dw_conv.weight'], None, 4, 3, 1,
                              c).flatten(2).transpose(1, 2)
     x = _conv_bn(w, f'{p}.local_conv', fmap, groups=c)
-    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat((head, x.flatten(2).transpose(1, 2)), 1)
     y = _ln(w, f'{p}.mlp.norm', _ln(w, f'{p}.norm2', x))
     y = F.linear(F.gelu(F.linear(y, w[f'{p}.mlp.fc1.weight'],
                                  w[f'{p}.mlp.fc1.bias'])),
@@ -263,3 +268,55 @@ def reference_forward(w: Dict, arch: str, x: torch.Tensor,
                          w[f'norm{i}.weight'], w[f'norm{i}.bias'], 1e-6)
         outs.append(y.permute(0, 3, 1, 2))
     return outs
+
+
+# mmfca block-part names -> the official ones used above (the plain model
+# has no official code, so its weights come in mmfca names).
+_MMFCA_TO_OFFICIAL = [
+    ('attn.qkv.', 'qkv.'), ('attn.proj.', 'proj.'),
+    ('attn.position_bias', 'attention_biases'),
+    ('attn.depth_bias', 's_token_bias'),
+    ('attn.cross_scale', 's_scale_factors'),
+    ('attn.cross_norm.', 's_norm.'), ('ls1.weight', 'gamma_1'),
+    ('ls2.weight', 'gamma_2'), ('cross_token_conv.', 'dw_conv.'),
+    ('local_conv.conv.', 'local_conv.c.'), ('local_conv.bn.',
+                                            'local_conv.bn.'),
+    ('ffn.', 'mlp.'), ('norm1.', 'norm1.'), ('norm2.', 'norm2.'),
+]
+
+
+def reference_plain_forward(state: Dict, x: torch.Tensor, heads: int = 3,
+                            patch: int = 16, ws: int = 14) -> torch.Tensor:
+    """The plain model (L0) as described: DeiT-Tiny's patch embedding,
+    class token and position embedding, FcaBlocks over the class token and
+    the one window of patch tokens (the class token makes no cross tokens
+    and skips TME), DeiT's final LayerNorm (eps 1e-6) on the class token.
+
+    Args:
+        state: The backbone's weights in mmfca names (no ``backbone.``).
+    """
+    w = {}
+    for key, value in state.items():
+        if key.startswith('stages.0.blocks.'):
+            block, rest = key[len('stages.0.blocks.'):].split('.', 1)
+            for ours, theirs in _MMFCA_TO_OFFICIAL:
+                if rest.startswith(ours):
+                    rest = theirs + rest[len(ours):]
+                    break
+            key = f'blocks.{block}.{rest}'
+        w[key] = value
+    x = F.conv2d(x, w['downsample_layers.0.weight'],
+                 w['downsample_layers.0.bias'], stride=patch)
+    tokens = x.flatten(2).transpose(1, 2)
+    cls = w['cls_token'].expand(tokens.shape[0], -1, -1)
+    tokens = torch.cat((cls, tokens), 1) + w['pos_embed']
+    depth = 1 + max(int(k.split('.')[1]) for k in w if k.startswith('blocks.'))
+    crosses: List[torch.Tensor] = []
+    for b in range(depth):
+        cross = torch.cat(crosses, 1) if crosses else None
+        tokens, new = _fca_block(w, f'blocks.{b}', tokens, heads, ws, cross,
+                                 prefix=1)
+        if new is not None:
+            crosses.append(new)
+    return F.layer_norm(tokens[:, 0], (tokens.shape[-1], ), w['norm0.weight'],
+                        w['norm0.bias'], 1e-6)

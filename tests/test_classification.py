@@ -199,30 +199,3 @@ def test_at_224_the_classifier_is_the_official_one(official_cls):
             model(x, mode='tensor'),
             reference_forward(official_cls['l1']['model'], 'l1', x),
             rtol=1e-4, atol=2e-5)
-
-
-def test_plain_l0_model():
-    """The paper's plain FcaFormer-L0: 5.9M parameters (within 0.2M), one
-    stage of FcaBlocks on 16x16 patches, trainable from its config."""
-    cfg = load_config(os.path.join(REPO, 'configs/fcaformer_l0_in1k.py'))
-    model = build_model(cfg)
-    count = sum(p.numel() for p in model.parameters())
-    assert abs(count - 5.9e6) < 0.2e6, count
-    backbone = model.backbone
-    assert backbone.window_size == (14, )
-    assert [b.attn.num_cross_tokens for b in backbone.stages[0].blocks] == [
-        16 * i for i in range(12)
-    ]
-    model.train()
-    inputs = torch.randn(2, 3, 224, 224)
-    from mmpretrain.structures import DataSample
-    samples = [DataSample().set_gt_label(1), DataSample().set_gt_label(2)]
-    losses = model(inputs, samples, mode='loss')
-    sum(losses.values()).backward()
-    assert backbone.stages[0].blocks[5].attn.depth_bias.grad.abs().sum() > 0
-    assert backbone.get_layer_depth('backbone.stages.0.blocks.5.ffn.fc1.weight',
-                                    'backbone.') == (6, 14)
-    with torch.no_grad():
-        dense = FcaFormer('l0', out_indices=(0, )).eval()
-        # 16x16 patches without padding, as DeiT: 100x130 gives 6x8.
-        assert dense(torch.randn(1, 3, 100, 130))[0].shape == (1, 192, 6, 8)

@@ -2,6 +2,7 @@
 import copy
 import os
 
+import pytest
 import torch
 
 from mmfca.deploy import check_onnx, export_onnx
@@ -74,3 +75,41 @@ def test_onnx_export_with_dynamic_height_and_width(tmp_path):
     export_onnx(model, path, (224, 224), dense=True, dynamic=True)
     for size, batch in [((150, 110), 1), ((224, 320), 1), ((97, 203), 2)]:
         assert check_onnx(model, path, size, dense=True, batch=batch) < 1e-4
+
+
+def test_deploy_mode_follows_moves_reloads_and_refuses_training():
+    """The precomputed attention masks follow ``.to()`` (a forward on the
+    meta device fails on any tensor left on the CPU), are recomputed when
+    weights are loaded, and a deployed model cannot be trained."""
+    model = trained_like('l1', out_indices=(0, 1, 2, 3))
+    deployed = copy.deepcopy(model).switch_to_deploy()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        outs = deployed.to('meta')(x.to('meta'))
+    assert all(out.device.type == 'meta' for out in outs)
+
+    deployed = copy.deepcopy(model).switch_to_deploy()
+    with torch.no_grad():
+        ref = deployed(x)
+        out = deployed.double()(x.double())
+    for a, b in zip(ref, out):
+        assert b.dtype == torch.float64
+        torch.testing.assert_close(b.float(), a, rtol=1e-4, atol=1e-4)
+
+    # New weights for a deployed model: masks from the new tables.
+    deployed = copy.deepcopy(model).switch_to_deploy()
+    state = deployed.state_dict()
+    for key in state:
+        if key.endswith(('position_bias', 'depth_bias')):
+            state[key] = torch.randn_like(state[key])
+    deployed.load_state_dict(state)
+    fresh = copy.deepcopy(model)
+    fresh.load_state_dict(
+        {k: v for k, v in state.items() if 'bias' in k and 'attn' in k},
+        strict=False)
+    fresh.switch_to_deploy()
+    with torch.no_grad():
+        for a, b in zip(deployed(x), fresh(x)):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(RuntimeError, match='deploy mode'):
+        deployed.train()

@@ -194,6 +194,10 @@ class ForwardCrossAttention(BaseModule):
         resize_tables (bool): Resize position/depth bias tables and LSFs
             made for another window when loading a state dict (bicubic).
             Defaults to False: a mismatch is an error.
+        num_prefix_tokens (int): Tokens before the window's grid tokens
+            (the plain model's class token). They have no grid position, so
+            they get no relative position bias (zero), while they do see the
+            cross tokens' depth bias like every query. Defaults to 0.
     """
 
     def __init__(self,
@@ -201,15 +205,19 @@ class ForwardCrossAttention(BaseModule):
                  num_heads: int,
                  window_size: int,
                  num_cross_tokens: int,
-                 resize_tables: bool = False):
+                 resize_tables: bool = False,
+                 num_prefix_tokens: int = 0):
         super().__init__()
         self.resize_tables = resize_tables
+        self.num_prefix_tokens = num_prefix_tokens
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.head_dims = embed_dims // num_heads
         self.window_size = window_size
         self.num_cross_tokens = num_cross_tokens
-        self.deploy_bias = None
+        # Set by :meth:`FcaFormer.switch_to_deploy`; a non-persistent buffer
+        # so that it follows ``.to()``, ``.half()`` and the like.
+        self.register_buffer('deploy_bias', None, persistent=False)
 
         self.qkv = nn.Linear(embed_dims, embed_dims * 3)
         self.proj = nn.Linear(embed_dims, embed_dims)
@@ -253,6 +261,15 @@ class ForwardCrossAttention(BaseModule):
         if self.resize_tables:
             self.fit_tables(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.deploy_bias is not None:
+            # Deploy mode: the precomputed mask follows the loaded tables.
+            self.precompute_bias()
+
+    @torch.no_grad()
+    def precompute_bias(self) -> None:
+        """Store the attention mask for inference (deploy mode)."""
+        self.deploy_bias = None
+        self.deploy_bias = self.attention_bias().detach().clone()
 
     def attention_bias(self) -> torch.Tensor:
         """The additive attention mask, ``(1, heads, N, N + cross)``; the
@@ -260,6 +277,9 @@ class ForwardCrossAttention(BaseModule):
         if self.deploy_bias is not None:
             return self.deploy_bias
         bias = self.position_bias[:, self.position_bias_index].unsqueeze(0)
+        if self.num_prefix_tokens:
+            prefix = self.num_prefix_tokens
+            bias = F.pad(bias, (prefix, 0, prefix, 0))
         if self.num_cross_tokens == 0:
             return bias
         num_tokens = bias.shape[-1]
@@ -341,6 +361,10 @@ class FcaBlock(BaseModule):
         layer_scale_init_value (float): Layer scale init. Defaults to 1e-6.
         norm_cfg (dict): Config of the BN after the 3x3 depthwise conv.
         resize_tables (bool): See :class:`ForwardCrossAttention`.
+        num_prefix_tokens (int): Tokens before the grid tokens (the plain
+            model's class token): they take part in attention and the FFN
+            but not in the TME convolutions, which need a grid, so they
+            make no cross tokens and pass the TME unchanged. Defaults to 0.
     """
 
     def __init__(self,
@@ -353,12 +377,15 @@ class FcaBlock(BaseModule):
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 1e-6,
                  norm_cfg: dict = dict(type='BN'),
-                 resize_tables: bool = False):
+                 resize_tables: bool = False,
+                 num_prefix_tokens: int = 0):
         super().__init__()
         self.window_size = window_size
+        self.num_prefix_tokens = num_prefix_tokens
         self.norm1 = nn.LayerNorm(embed_dims)
         self.attn = ForwardCrossAttention(embed_dims, num_heads, window_size,
-                                          num_cross_tokens, resize_tables)
+                                          num_cross_tokens, resize_tables,
+                                          num_prefix_tokens)
         self.ls1 = LayerScale(embed_dims, layer_scale_init_value)
         if makes_cross_tokens:
             self.cross_token_conv = nn.Conv2d(
@@ -402,15 +429,22 @@ class FcaBlock(BaseModule):
             self,
             x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Token merging and enhancement (TME) of window tokens
-        ``(B, ws * ws, C)``: the enhanced tokens and this block's cross
-        tokens (None for the last block)."""
+        ``(B, prefix + ws * ws, C)``: the enhanced tokens and this block's
+        cross tokens (None for the last block); prefix tokens pass
+        unchanged."""
+        prefix, x = x.split(
+            [self.num_prefix_tokens, x.shape[1] - self.num_prefix_tokens],
+            dim=1)
         batch, _, channels = x.shape
         fmap = x.transpose(1, 2).reshape(batch, channels, self.window_size,
                                          self.window_size)
         new_cross = None
         if self.cross_token_conv is not None:
             new_cross = self.cross_token_conv(fmap).flatten(2).transpose(1, 2)
-        return self.local_conv(fmap).flatten(2).transpose(1, 2), new_cross
+        x = self.local_conv(fmap).flatten(2).transpose(1, 2)
+        if self.num_prefix_tokens:
+            x = torch.cat((prefix, x), dim=1)
+        return x, new_cross
 
 
 def tracing_shapes() -> bool:
@@ -460,6 +494,10 @@ class FcaStage(BaseModule):
         norm_cfg (dict): Config of the BN layers.
         with_cp (bool): Checkpoint each block's activations.
         resize_tables (bool): See :class:`ForwardCrossAttention`.
+        num_prefix_tokens (int): Tokens before each window's grid tokens
+            (the plain model's class token, see :class:`FcaBlock`). A stage
+            with prefix tokens runs on tokens of one window
+            (:meth:`run_blocks`), not on feature maps. Defaults to 0.
     """
 
     def __init__(self,
@@ -472,7 +510,8 @@ class FcaStage(BaseModule):
                  layer_scale_init_value: float = 1e-6,
                  norm_cfg: dict = dict(type='BN'),
                  with_cp: bool = False,
-                 resize_tables: bool = False):
+                 resize_tables: bool = False,
+                 num_prefix_tokens: int = 0):
         super().__init__()
         self.window_size = window_size
         self.with_cp = with_cp
@@ -488,7 +527,8 @@ class FcaStage(BaseModule):
                 drop_path_rate=drop_path_rates[i],
                 layer_scale_init_value=layer_scale_init_value,
                 norm_cfg=norm_cfg,
-                resize_tables=resize_tables) for i in range(depth)
+                resize_tables=resize_tables,
+                num_prefix_tokens=num_prefix_tokens) for i in range(depth)
         ])
 
     def _run_block(self, block: FcaBlock, tokens: torch.Tensor,
@@ -503,23 +543,32 @@ class FcaStage(BaseModule):
             cross_tokens.append(new_cross)
         return tokens
 
+    def run_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run every block on the same windows.
+
+        Args:
+            tokens (torch.Tensor): ``(B * windows, prefix + ws * ws, C)``.
+        """
+        cross_tokens: List[torch.Tensor] = []
+        for block in self.blocks:
+            tokens = self._run_block(block, tokens, cross_tokens)
+        return tokens
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, height, width = x.shape
         ws = self.window_size
         pad_h = -height % ws
         pad_w = -width % ws
-        cross_tokens: List[torch.Tensor] = []
         if not tracing_shapes() and not (pad_h or pad_w):
             # Whole windows: every block sees the same windows, so the
             # tokens stay partitioned through the stage. (A trace for
             # export takes the general path below, which gives the same
             # values for whole windows and records the padding as
             # arithmetic on the input size, so the graph serves any size.)
-            tokens = window_partition(x, ws)
-            for block in self.blocks:
-                tokens = self._run_block(block, tokens, cross_tokens)
+            tokens = self.run_blocks(window_partition(x, ws))
             return window_reverse(tokens, ws, height, width)
         padded_h, padded_w = height + pad_h, width + pad_w
+        cross_tokens: List[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
             top_left = i % 2 == 0
             pad = (pad_w, 0, pad_h, 0) if top_left else (0, pad_w, 0, pad_h)
@@ -562,10 +611,14 @@ class FcaFormer(BaseModule):
         arch (str | dict): 'l1', 'l2', 'l3' or 'l4' (case-insensitive), or a
             dict with ``channels`` (4 ints), ``depths`` (4 ints) and
             ``num_heads`` (4 ints; the first two, for the ConvNeXt stages,
-            are ignored). 'l0' is the paper's plain model: a 16x16 patch
-            embedding and one stage of FcaBlocks (a dict with one entry per
-            key and ``patch_size`` builds other plain models). Defaults to
-            'l2'.
+            are ignored). 'l0' is the paper's plain model, DeiT-Tiny with
+            FcaBlocks: a 16x16 patch embedding, DeiT's class token and
+            learned position embedding (``cls_token``, ``pos_embed``) and
+            one stage of FcaBlocks; it outputs the normalised class token
+            (DeiT's head input) and takes images whose patch grid is one
+            attention window (224x224 by default). A dict with one entry
+            per key and ``patch_size`` builds other plain models. Defaults
+            to 'l2'.
         in_channels (int): Input image channels. Defaults to 3.
         window_size (int | Sequence[int], optional): Attention window of
             each FcaFormer stage (stages 3 and 4; the one stage of 'l0').
@@ -580,7 +633,8 @@ class FcaFormer(BaseModule):
             ``(96, 192, 384, 768)`` for L2. Defaults to None (a LayerNorm
             per output, no projection).
         gap_before_final_norm (bool): Average-pool each output and apply a
-            LayerNorm (the ImageNet classifier's final norm). Defaults to
+            LayerNorm (the hybrid ImageNet classifiers' final norm; the
+            plain model's head reads its class token instead). Defaults to
             False.
         drop_path_rate (float): Stochastic depth rate. Defaults to 0.
         layer_scale_init_value (float): Layer scale init. Defaults to 1e-6.
@@ -685,6 +739,14 @@ class FcaFormer(BaseModule):
         patch_size = self.arch_settings.get('patch_size')
         self.num_stages = len(depths)
         self.num_conv_stages = 0 if patch_size else self.hybrid_conv_stages
+        # The plain model is a ViT: a class token and absolute positions.
+        self.has_class_token = bool(patch_size)
+        if self.has_class_token and (gap_before_final_norm
+                                     or out_channels is not None):
+            raise ValueError(
+                'The plain FcaFormer (arch with patch_size, e.g. \'l0\') '
+                'outputs its class token, as DeiT: leave '
+                'gap_before_final_norm=False and out_channels=None.')
         self.channels = channels
         self.in_channels = in_channels
         self.window_size = self._parse_window_size(window_size)
@@ -706,6 +768,13 @@ class FcaFormer(BaseModule):
         if patch_size:
             stem = nn.Conv2d(
                 in_channels, channels[0], patch_size, stride=patch_size)
+            grid = self.window_size[0]
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, channels[0]))
+            self.pos_embed = nn.Parameter(
+                torch.zeros(1, 1 + grid * grid, channels[0]))
+            # DeiT's initialisation; Pretrained weights replace it.
+            nn.init.trunc_normal_(self.cls_token, std=.02)
+            nn.init.trunc_normal_(self.pos_embed, std=.02)
         else:
             stem = ConvStem(in_channels, channels[0], norm_cfg)
         self.downsample_layers = ModuleList([stem])
@@ -737,11 +806,16 @@ class FcaFormer(BaseModule):
                     layer_scale_init_value=layer_scale_init_value,
                     norm_cfg=norm_cfg,
                     with_cp=with_cp,
-                    resize_tables=resize_bias_tables)
+                    resize_tables=resize_bias_tables,
+                    num_prefix_tokens=int(self.has_class_token))
             self.stages.append(stage)
 
         for i in self.out_indices:
-            if gap_before_final_norm:
+            if self.has_class_token:
+                # DeiT's final norm, on the tokens.
+                self.add_module(f'norm{i}',
+                                nn.LayerNorm(channels[i], eps=1e-6))
+            elif gap_before_final_norm:
                 self.add_module(f'norm{i}', nn.LayerNorm(channels[i]))
             elif out_channels is not None:
                 self.add_module(f'proj{i}',
@@ -834,6 +908,8 @@ class FcaFormer(BaseModule):
                 f'but got {x.shape[1]} (input shape {tuple(x.shape)}); set '
                 f'in_channels={x.shape[1]} in the backbone config or fix the '
                 f'data pipeline.')
+        if self.has_class_token:
+            return self._forward_plain(x)
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(self.downsample_layers[i](x))
@@ -843,6 +919,28 @@ class FcaFormer(BaseModule):
                 else:
                     outs.append(self.output_module(i)(x))
         return tuple(outs)
+
+    def _forward_plain(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
+        """The plain model: patch tokens after the class token, position
+        embedding, the blocks on the one window, the normalised class
+        token."""
+        x = self.downsample_layers[0](x)
+        side = self.window_size[0]
+        if not tracing_shapes() and x.shape[-2:] != (side, side):
+            patch = self.arch_settings['patch_size']
+            raise ValueError(
+                f'The plain FcaFormer attends over one {side}x{side} window '
+                f'of {patch}x{patch} patches with a position embedding of '
+                f'that size, so it takes {side * patch}x{side * patch} '
+                f'images; got a {x.shape[-2]}x{x.shape[-1]} patch grid '
+                f'(input {tuple(x.shape)}). Resize the images (the ImageNet '
+                f'pipelines crop to 224) or build it with window_size equal '
+                f'to your patch grid.')
+        tokens = x.flatten(2).transpose(1, 2)
+        cls_token = self.cls_token.expand(tokens.shape[0], -1, -1)
+        tokens = torch.cat((cls_token, tokens), dim=1) + self.pos_embed
+        tokens = self.stages[0].run_blocks(tokens)
+        return (self.output_module(0)(tokens[:, 0]), )
 
     @torch.no_grad()
     def switch_to_deploy(self) -> 'FcaFormer':
@@ -860,7 +958,7 @@ class FcaFormer(BaseModule):
                 if isinstance(child, ConvBN):
                     setattr(module, name, child.fuse())
             if isinstance(module, ForwardCrossAttention):
-                module.deploy_bias = module.attention_bias().detach().clone()
+                module.precompute_bias()
         self.deploy = True
         return self
 
@@ -893,7 +991,8 @@ class FcaFormer(BaseModule):
             match = re.match(r'stages\.0\.blocks\.(\d+)\.', name)
             if match:
                 return int(match.group(1)) + 1, num_layers + 2
-            if name.startswith('downsample_layers.'):
+            if name.startswith(('downsample_layers.', 'cls_token',
+                                'pos_embed')):
                 return 0, num_layers + 2
             return num_layers + 1, num_layers + 2
         return fcaformer_layer_id('backbone.' + name, 'layer_wise_cab',
@@ -923,6 +1022,9 @@ class FcaFormer(BaseModule):
         super().init_weights()
 
     def _freeze_stages(self):
+        if self.has_class_token and self.frozen_stages > 0:
+            self.cls_token.requires_grad = False
+            self.pos_embed.requires_grad = False
         for i in range(self.frozen_stages):
             for module in (self.downsample_layers[i], self.stages[i]):
                 module.eval()
@@ -935,6 +1037,12 @@ class FcaFormer(BaseModule):
                     param.requires_grad = False
 
     def train(self, mode: bool = True):
+        if mode and self.deploy:
+            raise RuntimeError(
+                'This FcaFormer was switched to deploy mode (BatchNorm '
+                'folded into the convolutions, attention masks '
+                'precomputed), so it cannot be trained. Build a new model '
+                '(and load the weights) to train.')
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
