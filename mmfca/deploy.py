@@ -1,6 +1,6 @@
 """ONNX export of FcaFormer models, checked in onnxruntime."""
 import warnings
-from typing import Tuple
+from typing import Tuple, Union
 
 import numpy as np
 import torch
@@ -28,21 +28,27 @@ class ExportWrapper(nn.Module):
         return self.model(images, mode='tensor')
 
 
-def prepared(model: nn.Module, dense: bool) -> ExportWrapper:
-    """Evaluation mode, deploy-mode backbone, wrapped for export."""
+def prepared(model: nn.Module,
+             dense: bool,
+             device: Union[str, torch.device] = 'cpu') -> ExportWrapper:
+    """Evaluation mode, deploy-mode backbone, on ``device``, wrapped for
+    export. The backbone is folded first and then moved, so every tensor
+    its forward uses (folded convolutions, bias masks) ends on ``device``.
+    """
     model.eval()
     backbone = getattr(model, 'backbone', None)
     if backbone is not None and hasattr(backbone, 'switch_to_deploy') and \
             not backbone.deploy:
         backbone.switch_to_deploy()
-    return ExportWrapper(model, dense).eval()
+    return ExportWrapper(model, dense).to(device).eval()
 
 
 def export_onnx(model: nn.Module,
                 path: str,
                 shape: Tuple[int, int],
                 dense: bool = False,
-                dynamic: bool = False) -> None:
+                dynamic: bool = False,
+                device: Union[str, torch.device] = 'cpu') -> None:
     """Export to ``path``.
 
     Args:
@@ -58,9 +64,11 @@ def export_onnx(model: nn.Module,
             the torch.export-based exporter with symbolic ``Dim`` shapes
             specialises on the window counts of the example input, or does
             not finish in 15 minutes for an example with several windows.)
+        device (str | torch.device): Where the model and the example input
+            are traced (the file does not depend on it). Defaults to 'cpu'.
     """
-    wrapper = prepared(model, dense)
-    images = torch.randn(1, 3, *shape)
+    wrapper = prepared(model, dense, device)
+    images = torch.randn(1, 3, *shape, device=device)
     with torch.no_grad(), warnings.catch_warnings():
         if not dynamic:
             torch.onnx.export(
@@ -95,15 +103,17 @@ def check_onnx(model: nn.Module,
                path: str,
                shape: Tuple[int, int],
                dense: bool = False,
-               batch: int = 1) -> float:
-    """Largest absolute difference between onnxruntime and PyTorch on a
-    random ``(batch, 3, *shape)`` input."""
+               batch: int = 1,
+               device: Union[str, torch.device] = 'cpu') -> float:
+    """Largest absolute difference between onnxruntime (on the CPU) and
+    PyTorch (on ``device``) on a random ``(batch, 3, *shape)`` input."""
     import onnxruntime
-    wrapper = prepared(model, dense)
+    wrapper = prepared(model, dense, device)
     images = torch.randn(batch, 3, *shape)
     with torch.no_grad():
-        expected = wrapper(images)
+        expected = wrapper(images.to(device))
     expected = expected if isinstance(expected, (list, tuple)) else [expected]
+    expected = [tensor.float().cpu() for tensor in expected]
     session = onnxruntime.InferenceSession(
         path, providers=['CPUExecutionProvider'])
     outputs = session.run(None, {'images': images.numpy()})

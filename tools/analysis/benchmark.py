@@ -1,37 +1,62 @@
-"""Speed and memory of FcaFormer against ConvNeXt-T and Swin-T, measured
-side by side in one run on one machine.
+"""Speed and memory of FcaFormer against ConvNeXt-T, Swin-T and the
+official FcaFormer code, measured side by side in one run on one machine.
 
-    python tools/analysis/benchmark.py [--threads 2] [--device cpu]
-        [--quick] [--compile] [--official PATH_TO_OFFICIAL_REPO]
+    python tools/analysis/benchmark.py [--device cpu] [--threads 2]
+        [--mode deploy|eval] [--amp fp16|bf16] [--repeat 20] [--quick]
+        [--latency-only] [--models FcaFormer-L2 ConvNeXt-T ...]
+        [--compile] [--official PATH_TO_OFFICIAL_REPO]
         [--dense-windows 16,8 ...] [--dense-only]
         [--out work_dirs/benchmark.json] [--plot work_dirs/benchmark.png]
 
-Measures (median and spread over repeats, after warm-up):
+Method. The models of a table are timed in rounds: each round calls every
+model once, one call after the other, in an order that rotates from round
+to round. Each model's time is divided by a reference model's time of the
+same round, and the table gives the median of these per-round ratios with
+their quartiles and range. Load changes on a shared machine hit both calls
+of a round alike, so the ratio is far steadier than a ratio of medians
+taken one model after the other.
 
-* classification at 224x224: latency at batch 1 and throughput at batch 64
-  for FcaFormer-L1/L2 (in deploy mode: conv-BN folded, bias masks
-  precomputed), mmpretrain's ConvNeXt-T and Swin-T, and, with --official,
-  the official FcaFormer-L2 implementation from a local copy of its
-  repository (nothing of it is shipped here);
-* backbone latency at 512x512 (segmentation) and 800x1216 (detection),
-  with the backbones timed interleaved (one forward of each in turn, so
-  load changes on a shared machine hit them alike); ``--dense-windows``
-  adds FcaFormer-L2 with other attention windows (e.g. ``16,8``, whose
-  windows tile a 512x512 input's 32x32 / 16x16 stage-3/4 maps exactly);
-  ``--dense-only`` runs just this part. For each such layout it also
-  reports how far its 512x512 features move from the default layout's
-  with the same weights (bias tables resized bicubically), a proxy for
-  the accuracy cost only: with ``--drift-checkpoint`` the weights are
-  yours, otherwise random (every parameter and BN statistic perturbed);
+Like with like. ``--mode`` applies to every FcaFormer model, ours and the
+official one alike. ``eval``: evaluation mode, nothing fused. ``deploy``
+(the default): ours after ``switch_to_deploy()`` (conv-BN folded, attention
+bias masks precomputed); the official model with every ``Conv2d_BN``
+replaced by what the official ``Conv2d_BN.fuse()`` returns (the official
+code has that method but no model-level call, and no bias cache).
+ConvNeXt-T and Swin-T have nothing to fold (no BatchNorm).
+
+Tables:
+
+* classification at 224x224: latency at batch 1 and time at batch 64
+  (images/s) of FcaFormer-L1/L2, mmpretrain's ConvNeXt-T and Swin-T and,
+  with ``--official``, the official FcaFormer-L2 from a local copy of its
+  repository (nothing of it is shipped here; it imports timm, einops and
+  matplotlib); ratios to ConvNeXt-T and to the official L2;
+* backbone latency at 512x512 (segmentation) and 800x1216 (detection);
+  ``--dense-windows`` adds FcaFormer-L2 with other attention windows (e.g.
+  ``16,8``, whose windows tile a 512x512 input's 32x32 / 16x16 stage-3/4
+  maps exactly); ``--dense-only`` runs just this part. For each such
+  layout it also reports how far its 512x512 features move from the
+  default layout's with the same weights (bias tables resized
+  bicubically), a proxy for the accuracy cost only: with
+  ``--drift-checkpoint`` the weights are yours, otherwise random (every
+  parameter and BN statistic perturbed);
 * whole-model inference of UperNet (512x512) and Mask R-CNN (800x1216) with
   FcaFormer-L2 and with ConvNeXt-T;
 * peak memory of a batch-1 224x224 forward (CUDA: allocator peak; CPU: the
   peak resident memory of a fresh process running it).
 
-Ratios are printed against ConvNeXt-T; a JSON file and a latency-vs-MACs
-plot (as the paper's figure) are written.
+``--latency-only`` runs just the batch-1 classification latency.
+
+Devices. Models and inputs are moved to ``--device`` (after deploy-mode
+folding), CUDA calls are timed between ``torch.cuda.synchronize()`` calls,
+and ``--amp`` autocasts on the device's type. ``--device meta`` runs every
+forward without computing anything: a check that no tensor is left behind
+on another device, not a timing.
+
+A JSON file and a latency-vs-MACs plot (as the paper's figure) are written.
 """
 import argparse
+import contextlib
 import copy
 import importlib.util
 import json
@@ -42,6 +67,7 @@ import resource
 import statistics
 import sys
 import time
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -55,6 +81,7 @@ CLASSIFIERS = {
     'ConvNeXt-T': 'mmpretrain::convnext/convnext-tiny_32xb128_in1k.py',
     'Swin-T': 'mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py',
 }
+OFFICIAL = 'FcaFormer-L2 (official)'
 SEGMENTORS = {
     'UperNet FcaFormer-L2':
     osp.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py'),
@@ -67,18 +94,33 @@ DETECTORS = {
     'Mask R-CNN ConvNeXt-T':
     'mmdet::convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py',
 }
+AMP_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
-def parse_args():
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--device', default='cuda' if
-                        torch.cuda.is_available() else 'cpu')
+                        torch.cuda.is_available() else 'cpu',
+                        help='torch device the models run on (cpu, cuda, '
+                        'cuda:1, ...)')
     parser.add_argument('--threads', type=int, default=2,
                         help='CPU threads (torch.set_num_threads)')
+    parser.add_argument('--mode', choices=('deploy', 'eval'),
+                        default='deploy', help='FcaFormer models, ours and '
+                        'the official one alike: deploy = conv-BN folded, '
+                        'eval = evaluation mode, nothing folded')
+    parser.add_argument('--amp', choices=sorted(AMP_DTYPES),
+                        help='autocast to this dtype on the device type')
     parser.add_argument('--repeat', type=int, default=20,
-                        help='timed runs of the batch-1 latency')
+                        help='timed rounds of the batch-1 latency')
     parser.add_argument('--quick', action='store_true',
-                        help='fewer repeats, no whole-model detection run')
+                        help='fewer rounds, no whole-model detection run')
+    parser.add_argument('--latency-only', action='store_true',
+                        help='only the batch-1 classification latency')
+    parser.add_argument('--models', nargs='+', choices=sorted(CLASSIFIERS),
+                        default=list(CLASSIFIERS), metavar='NAME',
+                        help='classifiers to time (default: all of '
+                        f'{", ".join(CLASSIFIERS)})')
     parser.add_argument('--compile', action='store_true',
                         help='torch.compile every model before timing')
     parser.add_argument('--official', help='local copy of the official '
@@ -93,52 +135,127 @@ def parse_args():
                         help='only the backbone latencies')
     parser.add_argument('--out', default='work_dirs/benchmark.json')
     parser.add_argument('--plot', default='work_dirs/benchmark.png')
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    args.device = checked_device(args.device)
+    if args.latency_only and args.dense_only:
+        parser.error('--latency-only and --dense-only exclude each other')
+    if args.repeat < 1:
+        parser.error(f'--repeat must be at least 1, got {args.repeat}')
+    return args
 
 
-def synchronize(device):
-    if device.startswith('cuda'):
-        torch.cuda.synchronize()
+def checked_device(name: str) -> str:
+    """``name`` if torch can run on it, else a clear exit."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise SystemExit(f'--device {name!r} is not a torch device: {error}')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit(
+            f'--device {name!r}: torch.cuda.is_available() is False (a torch '
+            f'build without CUDA, or no GPU visible). Use --device cpu.')
+    return name
 
 
-def time_call(fn, device, warmup, repeat):
-    """Median and spread (min, max) of ``fn()`` in milliseconds."""
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeat):
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times.append((time.perf_counter() - start) * 1000)
-    return dict(median_ms=statistics.median(times), min_ms=min(times),
-                max_ms=max(times), runs=repeat)
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work, so a timer sees all of it."""
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize(device)
 
 
-def time_interleaved(fns, device, warmup, repeat):
-    """:func:`time_call` for several callables, run in turn each round."""
-    times = {name: [] for name in fns}
-    with torch.no_grad():
+def autocast(device: str, amp: Optional[str]):
+    """Autocast on the device's type to ``amp``'s dtype, or nothing."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[amp])
+
+
+def quartiles(values: List[float]) -> Dict[str, float]:
+    """Median, first and third quartile, minimum and maximum."""
+    if len(values) == 1:
+        q1 = median = q3 = values[0]
+    else:
+        q1, median, q3 = statistics.quantiles(values, n=4,
+                                              method='inclusive')
+    return dict(median=median, q1=q1, q3=q3, min=min(values),
+                max=max(values))
+
+
+def time_rounds(fns: Dict[str, Callable[[], object]],
+                device: str,
+                warmup: int,
+                rounds: int,
+                amp: Optional[str] = None) -> Dict[str, List[float]]:
+    """Time every function once per round, one call after the other.
+
+    The order rotates from round to round, so no model always runs first
+    (or right after the same other model).
+
+    Args:
+        fns (dict): Name -> a call to time (one forward).
+        device (str): Where the calls run (CUDA calls are awaited).
+        warmup (int): Untimed rounds first.
+        rounds (int): Timed rounds.
+        amp (str, optional): Autocast dtype name, see ``--amp``.
+
+    Returns:
+        dict: Name -> milliseconds of its call in each round.
+    """
+    names = list(fns)
+    times = {name: [] for name in names}
+    with torch.no_grad(), autocast(device, amp):
         for _ in range(warmup):
             for fn in fns.values():
                 fn()
-        for _ in range(repeat):
-            for name, fn in fns.items():
+        for index in range(rounds):
+            shift = index % len(names)
+            for name in names[shift:] + names[:shift]:
                 synchronize(device)
                 start = time.perf_counter()
-                fn()
+                fns[name]()
                 synchronize(device)
                 times[name].append((time.perf_counter() - start) * 1000)
-    return {
-        name: dict(median_ms=statistics.median(values), min_ms=min(values),
-                   max_ms=max(values), runs=repeat)
-        for name, values in times.items()
-    }
+    return times
 
 
-def prepare(model, device, compile_model):
+def summarize(times: Dict[str, List[float]],
+              references: Sequence[str]) -> Dict[str, dict]:
+    """Each model's milliseconds, and the per-round ratios of its time to
+    each reference model's (quartiles of both)."""
+    summary = {}
+    for name, values in times.items():
+        ratios = {
+            reference: quartiles(
+                [a / b for a, b in zip(values, times[reference])])
+            for reference in references
+            if reference in times and reference != name
+        }
+        summary[name] = dict(ms=quartiles(values), runs=len(values),
+                             ratios=ratios)
+    return summary
+
+
+def report(title: str, summary: Dict[str, dict],
+           images: Optional[int] = None) -> None:
+    """Print a table: median ms [quartiles], optionally images/s, and each
+    median per-round ratio [quartiles] (range)."""
+    print(f'\n{title}')
+    print('  (ms: median [quartiles]; ratio: median of the per-round '
+          'ratios [quartiles] (min-max))')
+    for name, entry in summary.items():
+        ms = entry['ms']
+        cells = [f'{ms["median"]:8.1f} ms [{ms["q1"]:.1f}-{ms["q3"]:.1f}]']
+        if images:
+            cells.append(f'{images * 1000 / ms["median"]:6.1f} images/s')
+        for reference, ratio in entry['ratios'].items():
+            cells.append(
+                f'{ratio["median"]:.3f}x {reference} [{ratio["q1"]:.3f}-'
+                f'{ratio["q3"]:.3f}] ({ratio["min"]:.2f}-{ratio["max"]:.2f})')
+        print(f'  {name:32s} ' + '   '.join(cells))
+
+
+def prepare(model: torch.nn.Module, device: str, compile_model: bool):
+    """The model on ``device`` in eval mode (optionally compiled)."""
     model = model.to(device)
     model.eval()  # some backbones' train() returns None, so not chained
     if compile_model:
@@ -146,28 +263,54 @@ def prepare(model, device, compile_model):
     return model
 
 
-def classifier(name, path):
+def classifier(path: str, mode: str) -> torch.nn.Module:
+    """A classifier from its config; FcaFormer backbones in ``mode``."""
     model = build_model(load_config(path))
-    if isinstance(getattr(model, 'backbone', None), torch.nn.Module) and \
-            hasattr(model.backbone, 'switch_to_deploy'):
-        model.backbone.switch_to_deploy()
+    backbone = getattr(model, 'backbone', None)
+    if mode == 'deploy' and hasattr(backbone, 'switch_to_deploy'):
+        backbone.switch_to_deploy()
     return model
 
 
-def official_l2(repo):
+def official_l2(repo: str, mode: str) -> torch.nn.Module:
     """The official FcaFormer-L2 classifier from a local copy of its
-    repository (the user's; nothing of it is shipped with mmfca)."""
+    repository (the user's; nothing of it is shipped with mmfca).
+
+    In ``deploy`` mode every official ``Conv2d_BN`` is replaced by what its
+    own ``fuse()`` returns: the official code's folding, applied to every
+    pair, as LeViT-style code does before inference.
+    """
     path = osp.join(repo, 'image_classification', 'models', 'fcaformer.py')
+    if not osp.isfile(path):
+        raise SystemExit(
+            f'--official {repo!r}: no {path}. Give the root of a copy of the '
+            f'official FcaFormer repository (it holds '
+            f'image_classification/models/fcaformer.py).')
     spec = importlib.util.spec_from_file_location('official_fcaformer', path)
     module = importlib.util.module_from_spec(spec)
     # timm's register_model looks the module up; the official file also
     # registers 'fcaformer_l*' names in timm, for this process only.
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.fcaformer_l2()
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as error:
+        raise SystemExit(
+            f'The official code ({path}) could not be imported: {error}. It '
+            f'needs timm, einops and matplotlib (pip install einops '
+            f'matplotlib).')
+    model = module.fcaformer_l2()
+    model.eval()
+    if mode == 'deploy':
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, module.Conv2d_BN):
+                    setattr(parent, name, child.fuse())
+    return model
 
 
-def forward_fn(model, inputs):
+def forward_fn(model: torch.nn.Module,
+               inputs: torch.Tensor) -> Callable[[], object]:
+    """One inference forward of ``model`` on ``inputs``, as a call."""
     if is_detector(model):
         samples = detection_samples(inputs)
         return lambda: model.predict(inputs, samples)
@@ -182,66 +325,59 @@ def forward_fn(model, inputs):
     return lambda: model(inputs)
 
 
-def _peak_rss_child(build, queue):
+def _peak_rss_child(build, amp, queue):
     torch.set_num_threads(1)
     model = build()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with torch.no_grad():
+    with torch.no_grad(), autocast('cpu', amp):
         forward_fn(model, torch.randn(1, 3, 224, 224))()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     queue.put((peak - base) / 1024)
 
 
-def peak_memory_mb(build, device):
+def peak_memory_mb(build, device: str, amp: Optional[str]) -> float:
     """Extra memory of one batch-1 224x224 forward, in MB."""
-    if device.startswith('cuda'):
+    if torch.device(device).type == 'cuda':
         model = build().to(device)
         model.eval()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        with torch.no_grad():
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with torch.no_grad(), autocast(device, amp):
             forward_fn(model, torch.randn(1, 3, 224, 224, device=device))()
-        return (torch.cuda.max_memory_allocated() - before) / 2**20
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
     context = mp.get_context('fork')
     queue = context.Queue()
-    process = context.Process(target=_peak_rss_child, args=(build, queue))
+    process = context.Process(target=_peak_rss_child,
+                              args=(build, amp, queue))
     process.start()
     value = queue.get()
     process.join()
     return value
 
 
-def dense_backbones(windows=()):
-    """FcaFormer-L2 (default windows, then each of ``windows``), ConvNeXt-T
-    and Swin-T backbones of the UperNet configs."""
-    fca = build_model(load_config(SEGMENTORS['UperNet FcaFormer-L2'])).backbone
-    fca.switch_to_deploy()
-    others = {}
-    for window in windows:
-        overrides = {'model.backbone.window_size': tuple(window),
-                     'model.backbone.resize_bias_tables': True}
-        other = build_model(
+def dense_backbones(mode: str, windows=()) -> Dict[str, torch.nn.Module]:
+    """FcaFormer-L2 (default windows, then each of ``windows``; in
+    ``mode``), ConvNeXt-T and Swin-T backbones of the UperNet configs."""
+    def fca(overrides=None):
+        backbone = build_model(
             load_config(SEGMENTORS['UperNet FcaFormer-L2'],
                         overrides)).backbone
-        others[f'FcaFormer-L2 windows {window}'] = other.switch_to_deploy()
+        return backbone.switch_to_deploy() if mode == 'deploy' else backbone
+
+    others = {}
+    for window in windows:
+        others[f'FcaFormer-L2 windows {window}'] = fca({
+            'model.backbone.window_size': tuple(window),
+            'model.backbone.resize_bias_tables': True
+        })
     convnext = build_model(load_config(
         SEGMENTORS['UperNet ConvNeXt-T'])).backbone
     swin = build_model(load_config(
         'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_'
         'ade20k-512x512.py')).backbone
-    return {'FcaFormer-L2': fca, **others, 'ConvNeXt-T': convnext,
+    return {'FcaFormer-L2': fca(), **others, 'ConvNeXt-T': convnext,
             'Swin-T': swin}
-
-
-def report(section, results, key='median_ms'):
-    base = results.get('ConvNeXt-T') or next(
-        (v for k, v in results.items() if 'ConvNeXt-T' in k), None)
-    print(f'\n{section}')
-    for name, value in results.items():
-        ratio = f'{value[key] / base[key]:.2f}x ConvNeXt-T' if base else ''
-        spread = (f' (min {value["min_ms"]:.1f}, max {value["max_ms"]:.1f})'
-                  if key == 'median_ms' else '')
-        print(f'  {name:28s} {value[key]:9.1f}{spread}  {ratio}')
 
 
 def parse_windows(values):
@@ -255,49 +391,62 @@ def parse_windows(values):
     return windows
 
 
-def classification(args, device, repeat, results):
-    builders = {n: (lambda n=n, p=p: classifier(n, p))
-                for n, p in CLASSIFIERS.items()}
+def classification(args, repeat, results):
+    device = args.device
+    builders = {name: (lambda p=CLASSIFIERS[name]: classifier(p, args.mode))
+                for name in args.models}
     if args.official:
-        builders['FcaFormer-L2 (official)'] = lambda: official_l2(
-            args.official)
+        builders[OFFICIAL] = lambda: official_l2(args.official, args.mode)
+    references = ('ConvNeXt-T', OFFICIAL)
 
-    latency, throughput, memory, macs = {}, {}, {}, {}
+    models, macs = {}, {}
     for name, build in builders.items():
         model = build()
-        macs[name] = complexity(copy.deepcopy(model),
-                                torch.randn(1, 3, 224, 224))['macs'] / 1e9
-        model = prepare(model, device, args.compile)
-        one = torch.randn(1, 3, 224, 224, device=device)
-        latency[name] = time_call(forward_fn(model, one), device, 5, repeat)
-        batch = torch.randn(64, 3, 224, 224, device=device)
-        timed = time_call(forward_fn(model, batch), device, 1,
-                          2 if args.quick else 5)
-        timed['images_per_s'] = 64000 / timed['median_ms']
-        throughput[name] = timed
-        memory[name] = dict(peak_mb=peak_memory_mb(build, device))
-    report('Classification latency, batch 1, 224x224 (ms)', latency)
-    report('Classification, batch 64, 224x224 (images/s)', throughput,
-           key='images_per_s')
-    report('Peak memory of a batch-1 forward (MB)', memory, key='peak_mb')
-    results.update(classification_latency=latency,
-                   classification_throughput=throughput,
+        if not args.latency_only:
+            macs[name] = complexity(copy.deepcopy(model),
+                                    torch.randn(1, 3, 224, 224))['macs'] / 1e9
+        models[name] = prepare(model, device, args.compile)
+
+    one = torch.randn(1, 3, 224, 224, device=device)
+    latency = summarize(
+        time_rounds({n: forward_fn(m, one) for n, m in models.items()},
+                    device, 5, repeat, args.amp), references)
+    report('Classification latency, batch 1, 224x224', latency)
+    results.update(classification_latency=latency)
+    if args.latency_only:
+        return latency, macs
+
+    batch = torch.randn(64, 3, 224, 224, device=device)
+    throughput = summarize(
+        time_rounds({n: forward_fn(m, batch) for n, m in models.items()},
+                    device, 1, 2 if args.quick else 5, args.amp), references)
+    report('Classification, batch 64, 224x224', throughput, images=64)
+    del batch, models
+    memory = {name: dict(peak_mb=peak_memory_mb(build, device, args.amp))
+              for name, build in builders.items()}
+    print('\nPeak memory of a batch-1 forward (MB)')
+    for name, value in memory.items():
+        print(f'  {name:32s} {value["peak_mb"]:8.1f}')
+    results.update(classification_throughput=throughput,
                    peak_memory=memory, gmacs_224=macs)
     return latency, macs
 
 
-def backbones(args, device, repeat, results):
+def backbones(args, repeat, results):
+    device = args.device
     dense = {}
     models = {
         name: prepare(backbone, device, args.compile)
         for name, backbone in dense_backbones(
-            parse_windows(args.dense_windows)).items()
+            args.mode, parse_windows(args.dense_windows)).items()
     }
     for size in ((512, 512), (800, 1216)):
         x = torch.randn(1, 3, *size, device=device)
         fns = {name: (lambda m=m, x=x: m(x)) for name, m in models.items()}
-        timings = time_interleaved(fns, device, 1, max(3, repeat // 4))
-        report(f'Backbone latency, {size[0]}x{size[1]} (ms)', timings)
+        timings = summarize(
+            time_rounds(fns, device, 1, max(3, repeat // 4), args.amp),
+            ('ConvNeXt-T', ))
+        report(f'Backbone latency, {size[0]}x{size[1]}', timings)
         dense[f'{size[0]}x{size[1]}'] = timings
     results['backbone_latency'] = dense
 
@@ -380,46 +529,58 @@ def window_drift(windows, checkpoint=None, samples=4):
     return results
 
 
-def whole_models(args, device, results):
-    whole = {}
-    models = dict(SEGMENTORS)
+def whole_models(args, results):
+    device = args.device
+    groups = [(SEGMENTORS, (512, 512))]
     if not args.quick:
-        models.update(DETECTORS)
-    for name, path in models.items():
-        model = build_model(load_config(path))
-        if hasattr(model.backbone, 'switch_to_deploy'):
-            model.backbone.switch_to_deploy()
-        model = model.to(device)
-        model.eval()
-        size = (800, 1216) if name in DETECTORS else (512, 512)
-        x = torch.randn(1, 3, *size, device=device)
-        whole[name] = time_call(forward_fn(model, x), device, 1, 3)
-    report('Whole-model inference, batch 1 (ms)', whole)
+        groups.append((DETECTORS, (800, 1216)))
+    whole = {}
+    for configs, size in groups:
+        fns = {}
+        for name, path in configs.items():
+            model = build_model(load_config(path))
+            if args.mode == 'deploy' and hasattr(model.backbone,
+                                                 'switch_to_deploy'):
+                model.backbone.switch_to_deploy()
+            model = prepare(model, device, compile_model=False)
+            fns[name] = forward_fn(model,
+                                   torch.randn(1, 3, *size, device=device))
+        reference = next(name for name in configs if 'ConvNeXt-T' in name)
+        timings = summarize(time_rounds(fns, device, 1, 3, args.amp),
+                            (reference, ))
+        report(f'Whole-model inference, batch 1, {size[0]}x{size[1]}',
+               timings)
+        whole.update(timings)
     results['whole_model_latency'] = whole
 
 
-def main():
-    args = parse_args()
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = args.device
     repeat = max(3, args.repeat // 4) if args.quick else args.repeat
-    results = dict(device=device, threads=args.threads,
-                   torch=torch.__version__, compile=args.compile)
+    results = dict(device=args.device, threads=args.threads, mode=args.mode,
+                   amp=args.amp, torch=torch.__version__,
+                   compile=args.compile, method='rounds, median of per-round '
+                   'ratios')
+    print(f'device {args.device}, {args.threads} threads, mode {args.mode}'
+          f', amp {args.amp}, torch {torch.__version__}')
     if not args.dense_only:
-        latency, macs = classification(args, device, repeat, results)
-    backbones(args, device, repeat, results)
-    if args.dense_windows:
-        results['window_drift'] = window_drift(
-            parse_windows(args.dense_windows), args.drift_checkpoint)
-    if not args.dense_only:
-        whole_models(args, device, results)
+        latency, macs = classification(args, repeat, results)
+    if not args.latency_only:
+        backbones(args, repeat, results)
+        if args.dense_windows:
+            results['window_drift'] = window_drift(
+                parse_windows(args.dense_windows), args.drift_checkpoint)
+    if not (args.dense_only or args.latency_only):
+        whole_models(args, results)
 
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as file:
         json.dump(results, file, indent=2)
     print(f'\nresults saved to {args.out}')
-    if not args.dense_only:
-        plot(latency, macs, args.plot, device, args.threads)
+    if not (args.dense_only or args.latency_only):
+        plot(latency, macs, args.plot, args.device, args.threads)
+    return results
 
 
 def plot(latency, macs, path, device, threads):
@@ -428,8 +589,9 @@ def plot(latency, macs, path, device, threads):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, value in latency.items():
-        ax.scatter(macs[name], value['median_ms'])
-        ax.annotate(name, (macs[name], value['median_ms']), fontsize=8,
+        ms = value['ms']['median']
+        ax.scatter(macs[name], ms)
+        ax.annotate(name, (macs[name], ms), fontsize=8,
                     textcoords='offset points', xytext=(4, 4))
     ax.set_xlabel('GMACs (224x224)')
     ax.set_ylabel('latency, batch 1 (ms)')

@@ -3,6 +3,7 @@ against PyTorch in onnxruntime.
 
     python tools/deployment/pytorch2onnx.py CONFIG [--checkpoint CKPT]
         [--out model.onnx] [--shape H W] [--dense [--dynamic]]
+        [--device cpu|cuda]
 
 A classifier config exports the whole model (images -> logits).
 ``--dense`` exports the backbone of a segmentation or detection config
@@ -17,7 +18,9 @@ sizes are compared as well, e.g.
 
 The backbone is switched to deploy mode first (conv-BN folded, attention
 bias masks precomputed); the export is checked against PyTorch in
-onnxruntime.
+onnxruntime. ``--device`` is where PyTorch traces the export and computes
+the reference outputs (the model is folded, then moved there with its
+inputs); onnxruntime runs the file on the CPU.
 """
 import argparse
 
@@ -42,22 +45,34 @@ def main():
                         default=[], metavar=('H', 'W'),
                         help='with --dynamic, also compare at this size '
                         '(repeatable)')
+    parser.add_argument('--device', default='cpu',
+                        help='torch device to trace on (cpu, cuda, ...)')
     args = parser.parse_args()
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f'--device {args.device!r} is not a torch device: '
+                     f'{error}')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error(f'--device {args.device!r}: torch.cuda.is_available() '
+                     f'is False (a torch build without CUDA, or no GPU '
+                     f'visible). Use --device cpu.')
+    if args.check_shape and not args.dynamic:
+        parser.error('--check-shape needs --dynamic (a static export '
+                     'accepts only --shape)')
     model = build_model(load_config(args.config))
     if args.checkpoint:
         from mmengine.runner import load_checkpoint
         load_checkpoint(model, args.checkpoint, map_location='cpu')
     export_onnx(model, args.out, tuple(args.shape), dense=args.dense,
-                dynamic=args.dynamic)
+                dynamic=args.dynamic, device=device)
     shapes = [tuple(args.shape)]
-    if args.check_shape and not args.dynamic:
-        parser.error('--check-shape needs --dynamic (a static export '
-                     'accepts only --shape)')
     shapes += [tuple(shape) for shape in args.check_shape]
     for shape in shapes:
-        error = check_onnx(model, args.out, shape, dense=args.dense)
-        print(f'{shape[0]}x{shape[1]}: max |onnxruntime - torch| = '
-              f'{error:.2e}')
+        error = check_onnx(model, args.out, shape, dense=args.dense,
+                           device=device)
+        print(f'{shape[0]}x{shape[1]}: max |onnxruntime (CPU) - torch '
+              f'({device})| = {error:.2e}')
     print(f'saved {args.out}')
 
 
