@@ -113,3 +113,30 @@ def test_deploy_mode_follows_moves_reloads_and_refuses_training():
             torch.testing.assert_close(a, b)
     with pytest.raises(RuntimeError, match='deploy mode'):
         deployed.train()
+
+
+def test_export_preparation_folds_then_moves_to_the_device():
+    # 'meta' stands in for a GPU: a forward there fails on any tensor the
+    # move left on the CPU.
+    from mmfca.deploy import prepared
+    wrapper = prepared(Dense(FcaFormer('l1', out_indices=(0, 1, 2, 3))),
+                       dense=True, device='meta')
+    outs = wrapper(torch.zeros(1, 3, 100, 130, device='meta'))
+    assert len(outs) == 4
+    assert all(out.device == torch.device('meta') for out in outs)
+
+
+def test_onnx_tool_refuses_cuda_without_a_gpu(monkeypatch, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'pytorch2onnx',
+        os.path.join(REPO, 'tools', 'deployment', 'pytorch2onnx.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr('sys.argv', [
+        'pytorch2onnx.py', 'configs/fcaformer_l1_in1k.py', '--device', 'cuda'
+    ])
+    with pytest.raises(SystemExit):
+        tool.main()
+    assert 'torch.cuda.is_available() is False' in capsys.readouterr().err
