@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 from mmengine.config import ConfigDict, DictAction
 from mmengine.logging import print_log
 
+from .datasets.checks import check_dataloader_paths
 from .engine.amp import accelerator_available
 from .runtime import load_config, register_scope
 
@@ -172,6 +173,8 @@ def train(argv: Optional[List[str]] = None):
     """Train as ``tools/train.py`` does; returns the trained model."""
     args = train_parser().parse_args(argv)
     cfg = configure_training(_prepare(args), args)
+    # Before the runner writes its work dir; only the data training reads.
+    check_dataloader_paths(cfg, 'train')
     runner = _build_runner(cfg)
     model = runner.train()
     _close_process_group()
@@ -257,6 +260,8 @@ def test(argv: Optional[List[str]] = None) -> Dict[str, float]:
     cfg = _prepare(args)
     scope = cfg.default_scope
     configure_testing(cfg, scope, args)
+    # Before the runner writes its work dir; the training data is not read.
+    check_dataloader_paths(cfg, 'test')
     runner = _build_runner(cfg)
     if args.out and scope != 'mmseg':
         _add_result_dump(runner, scope, args.out)

@@ -358,3 +358,177 @@ def test_dataset_path_checks_name_the_missing_piece(tmp_path):
     with pytest.raises(FileNotFoundError,
                        match=r'annotation file .*annotations/train\.json'):
         check_dataset_paths(wrapped)
+
+
+def seg_test_options(root, train_root, test_root):
+    """``small_run`` options for tools/test.py, with the training and
+    validation data at ``train_root`` and the test data at ``test_root``."""
+    roots = {
+        'train_dataloader.dataset.data_root': train_root,
+        'val_dataloader.dataset.data_root': train_root,
+        'test_dataloader.dataset.data_root': test_root,
+    }
+    options = []
+    for option in small_run(root):
+        key = option.split('=')[0]
+        options.append(f'{key}={roots[key]}' if key in roots else option)
+    return options
+
+
+@pytest.fixture(scope='module')
+def small_checkpoint(tmp_path_factory):
+    """Untrained weights of the small UperNet (``SMALL_L1``)."""
+    cfg = load_config(
+        SEG_CONFIG, {
+            'model.backbone.arch': 'l1',
+            'model.backbone.out_channels': None,
+            'model.backbone.init_cfg': None,
+            'model.decode_head.in_channels': [64, 128, 192, 320],
+            'model.auxiliary_head.in_channels': 192
+        })
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.init_weights()
+    path = str(tmp_path_factory.mktemp('small_checkpoint') / 'weights.pth')
+    torch.save({'state_dict': model.state_dict()}, path)
+    return path
+
+
+def test_testing_needs_only_the_test_data(synthetic_ade, small_checkpoint,
+                                          tmp_path):
+    # What a user does with downloaded weights: the training data (here a
+    # directory that does not exist) is never read.
+    nowhere = str(tmp_path / 'no_training_data')
+    metrics = launch.test(
+        [SEG_CONFIG, small_checkpoint, '--work-dir',
+         str(tmp_path / 'work'), '--cfg-options'] +
+        seg_test_options(synthetic_ade, nowhere, synthetic_ade))
+    assert 0 <= metrics['mIoU'] <= 100
+
+
+def test_missing_test_data_names_the_test_loader_key(synthetic_ade,
+                                                     tmp_path):
+    nowhere = str(tmp_path / 'no_test_data')
+    # The check comes before the checkpoint is read.
+    checkpoint = tmp_path / 'never_read.pth'
+    checkpoint.write_bytes(b'')
+    work_dir = tmp_path / 'work'
+    with pytest.raises(
+            FileNotFoundError,
+            match=r"data_root '.*no_test_data' does not exist.*"
+            r'--cfg-options test_dataloader\.dataset\.data_root=PATH'):
+        launch.test([SEG_CONFIG, str(checkpoint), '--work-dir',
+                     str(work_dir), '--cfg-options'] +
+                    seg_test_options(synthetic_ade, synthetic_ade, nowhere))
+    assert not work_dir.exists()
+
+
+def test_path_checks_follow_the_run_and_name_nested_keys(tmp_path):
+    from mmfca.datasets.checks import check_dataloader_paths
+    nowhere = str(tmp_path / 'nowhere')
+    wrapped = dict(
+        dataset=dict(
+            type='RepeatDataset',
+            times=2,
+            dataset=dict(type='ADE20KDataset', data_root=nowhere)))
+    cfg = dict(train_dataloader=wrapped, val_dataloader=wrapped,
+               test_dataloader=dict(dataset=dict(data_root=str(tmp_path))))
+    check_dataloader_paths(cfg, 'test')
+    with pytest.raises(
+            FileNotFoundError,
+            match=r'train_dataloader\.dataset\.dataset\.data_root=PATH'):
+        check_dataloader_paths(cfg, 'train')
+    # Validation is on only with a val_cfg.
+    cfg['train_dataloader'] = cfg['test_dataloader']
+    check_dataloader_paths(cfg, 'train')
+    cfg['val_cfg'] = dict(type='ValLoop')
+    with pytest.raises(
+            FileNotFoundError,
+            match=r'val_dataloader\.dataset\.dataset\.data_root=PATH'):
+        check_dataloader_paths(cfg, 'train')
+
+
+def test_only_read_and_decode_failures_are_skipped(synthetic_ade, tmp_path):
+    image = sorted(
+        glob.glob(os.path.join(synthetic_ade, 'images', 'training', '*')))[0]
+    empty = tmp_path / 'empty.jpg'
+    empty.write_bytes(b'')
+    before = LoadImageFromFileOrSkip.skipped
+    loader = LoadImageFromFileOrSkip()
+    assert loader.transform(dict(img_path=image))['img'].shape[2] == 3
+    for broken in (str(tmp_path / 'missing.jpg'), str(empty)):
+        assert loader.transform(dict(img_path=broken)) is None
+    assert LoadImageFromFileOrSkip.skipped == before + 2
+    # A wrong argument is not a broken image.
+    with pytest.raises(KeyError, match='nonsense'):
+        LoadImageFromFileOrSkip(color_type='nonsense').transform(
+            dict(img_path=image))
+    with pytest.raises(ValueError, match='nonsense'):
+        LoadImageFromFileOrSkip(imdecode_backend='nonsense').transform(
+            dict(img_path=image))
+    assert LoadImageFromFileOrSkip.skipped == before + 2
+
+
+def test_a_dataset_of_undecodable_images_stops_the_run(synthetic_ade,
+                                                       tmp_path):
+    root = tmp_path / 'all_broken'
+    shutil.copytree(synthetic_ade, root)
+    images = sorted(glob.glob(str(root / 'images' / 'training' / '*')))
+    for index, path in enumerate(images):
+        open(path, 'wb').write(b'' if index % 2 else b'not an image')
+    with pytest.raises(
+            RuntimeError,
+            match=r'The last 100 images could not be read or decoded '
+            r"\(the latest: '.*synthetic_training_\d+\.jpg'.*data is broken"):
+        launch.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
+                      '--cfg-options'] +
+                     small_run(str(root), iters=2, warmup=1))
+    assert not glob.glob(str(tmp_path / 'work' / '*.pth'))
+
+
+@pytest.mark.parametrize('native', [True, False])
+@pytest.mark.parametrize('cpu_autocast', ['auto', True, False])
+def test_cpu_amp_is_bfloat16_only_where_the_cpu_computes_it(
+        native, cpu_autocast, monkeypatch, tmp_path):
+    from mmengine.logging import MMLogger
+    from mmengine.optim import build_optim_wrapper
+
+    from mmfca.engine import amp
+    monkeypatch.setattr(amp, 'accelerator_available', lambda: False)
+    monkeypatch.setattr(amp, 'cpu_computes_bfloat16', lambda: native)
+    log_file = str(tmp_path / 'amp.log')
+    MMLogger.get_instance(f'amp_{tmp_path.name}', log_file=log_file)
+    model = torch.nn.Linear(8, 8)
+    wrapper = build_optim_wrapper(
+        model,
+        dict(type='AnyDeviceAmpOptimWrapper', cpu_autocast=cpu_autocast,
+             optimizer=dict(type='SGD', lr=0.1)))
+    with wrapper.optim_context(model):
+        output = model(torch.randn(2, 8))
+    bfloat16 = cpu_autocast is True or (cpu_autocast == 'auto' and native)
+    assert output.dtype == (torch.bfloat16 if bfloat16 else torch.float32)
+    log = open(log_file).read()
+    assert ('bfloat16 autocast on the CPU' in log) == bfloat16
+    fallback = 'training in float32 instead of AMP' in log
+    assert fallback == (cpu_autocast == 'auto' and not native)
+    if fallback:
+        assert 'no bfloat16 arithmetic' in log
+        assert 'optim_wrapper.cpu_autocast=True forces bfloat16' in log
+
+
+def test_native_bfloat16_needs_the_cpu_instructions(monkeypatch):
+    from mmfca.engine.amp import cpu_computes_bfloat16
+    avx512 = {'avx2': True, 'avx512_f': True, 'avx512_bf16': False,
+              'amx_bf16': False}
+    for onednn, capabilities, expected in [
+        (False, dict(avx512, avx512_bf16=True), False),  # no oneDNN kernels
+        (True, avx512, False),  # oneDNN converts in software
+        (True, dict(avx512, avx512_bf16=True), True),
+        (True, dict(avx512, amx_bf16=True), True),
+        (True, {'neon': True, 'bf16': True}, True),  # Arm: oneDNN decides
+    ]:
+        monkeypatch.setattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported',
+                            lambda: onednn)
+        monkeypatch.setattr(torch.cpu, 'get_capabilities',
+                            lambda: capabilities)
+        assert cpu_computes_bfloat16() == expected, (onednn, capabilities)

@@ -8,7 +8,7 @@ fix. They cost nothing on good input.
 """
 import json
 import os.path as osp
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 COCO_KEYS = ('images', 'annotations', 'categories')
 
@@ -16,12 +16,20 @@ COCO_KEYS = ('images', 'annotations', 'categories')
 def _dataset_cfgs(cfg) -> Iterator[dict]:
     """A dataset config and those it wraps (RepeatDataset, ConcatDataset,
     ClassBalancedDataset ...)."""
+    for _, dataset in _keyed_dataset_cfgs(cfg, 'dataset'):
+        yield dataset
+
+
+def _keyed_dataset_cfgs(cfg, key: str) -> Iterator[Tuple[str, dict]]:
+    """``(config key, dataset config)`` for a dataset config and those it
+    wraps, e.g. ``train_dataloader.dataset.dataset`` for the dataset inside
+    a RepeatDataset."""
     if not isinstance(cfg, dict):
         return
-    yield cfg
-    yield from _dataset_cfgs(cfg.get('dataset'))
-    for inner in cfg.get('datasets', None) or []:
-        yield from _dataset_cfgs(inner)
+    yield key, cfg
+    yield from _keyed_dataset_cfgs(cfg.get('dataset'), f'{key}.dataset')
+    for index, inner in enumerate(cfg.get('datasets', None) or []):
+        yield from _keyed_dataset_cfgs(inner, f'{key}.datasets.{index}')
 
 
 def _under_root(cfg: dict, path: str) -> str:
@@ -43,37 +51,84 @@ def _is_local(path: str) -> bool:
     return '://' not in path
 
 
-def check_dataset_paths(cfg: dict) -> None:
+def check_dataset_paths(cfg: dict, key: Optional[str] = None) -> None:
     """Check that a dataset config's root, prefixes and annotation file
     exist, before the dataset is built.
 
     Args:
         cfg (dict): A dataset config (``train_dataloader.dataset``).
+        key (str, optional): Where ``cfg`` sits in the config, e.g.
+            ``'test_dataloader.dataset'``, so that the message names the
+            exact key to override (``--cfg-options KEY.data_root=PATH``).
+            Defaults to None (the message names the setting only).
 
     Raises:
         FileNotFoundError: Naming the missing path and the setting.
     """
-    for dataset in _dataset_cfgs(cfg):
+    for where, dataset in _keyed_dataset_cfgs(cfg, key or ''):
         name = dataset.get('type', 'dataset')
+        setting = f'{where}.' if key else ''
         root = dataset.get('data_root')
         if root and _is_local(root) and not osp.isdir(root):
+            where_to_set = (f'--cfg-options {where}.data_root=PATH'
+                            if key else 'data_root in the dataset config')
             raise FileNotFoundError(
                 f'{name}: data_root {root!r} does not exist. Put the data '
                 f'there (see the README section on data) or set '
-                f'data_root, e.g. --cfg-options '
-                f'train_dataloader.dataset.data_root=PATH.')
+                f'{where_to_set}.')
         ann_file = _under_root(dataset, dataset.get('ann_file') or '')
         if ann_file and _is_local(ann_file) and not osp.isfile(ann_file):
             raise FileNotFoundError(
                 f'{name}: annotation file {ann_file!r} (data_root + '
-                f'ann_file) does not exist. Check ann_file and data_root.')
-        for key, prefix in _prefixes(dataset).items():
+                f'ann_file) does not exist. Check {setting}ann_file and '
+                f'{setting}data_root.')
+        for prefix_key, prefix in _prefixes(dataset).items():
             folder = _under_root(dataset, prefix)
             if folder and _is_local(folder) and not osp.isdir(folder):
                 raise FileNotFoundError(
-                    f'{name}: data_prefix.{key} directory {folder!r} '
-                    f'(data_root + data_prefix.{key}) does not exist. Check '
-                    f'data_root and data_prefix.')
+                    f'{name}: data_prefix.{prefix_key} directory '
+                    f'{folder!r} (data_root + data_prefix.{prefix_key}) '
+                    f'does not exist. Check {setting}data_root and '
+                    f'{setting}data_prefix.')
+
+
+def dataloaders_used(cfg, mode: str) -> Tuple[str, ...]:
+    """The dataloaders a run reads: ``'train'`` reads the training loader
+    and, when validation is on (``val_cfg`` and ``val_dataloader`` set),
+    the validation loader; ``'val'`` and ``'test'`` read their own.
+
+    Args:
+        cfg: The config (or a dict with the runner's loader settings).
+        mode (str): ``'train'``, ``'val'`` or ``'test'``.
+    """
+    if mode not in ('train', 'val', 'test'):
+        raise ValueError(
+            f"mode must be 'train', 'val' or 'test', got {mode!r}.")
+    if mode != 'train':
+        return (f'{mode}_dataloader', )
+    if cfg.get('val_cfg') is not None and \
+            cfg.get('val_dataloader') is not None:
+        return ('train_dataloader', 'val_dataloader')
+    return ('train_dataloader', )
+
+
+def check_dataloader_paths(cfg, mode: str) -> None:
+    """:func:`check_dataset_paths` for the dataloaders a run reads (see
+    :func:`dataloaders_used`), so that testing does not ask for the
+    training data.
+
+    Args:
+        cfg: The config (or a dict with the runner's loader settings).
+        mode (str): ``'train'``, ``'val'`` or ``'test'``.
+
+    Raises:
+        FileNotFoundError: Naming the missing path and the key to set.
+    """
+    for name in dataloaders_used(cfg, mode):
+        loader = cfg.get(name)
+        if isinstance(loader, dict) and isinstance(
+                loader.get('dataset'), dict):
+            check_dataset_paths(loader['dataset'], f'{name}.dataset')
 
 
 def coco_problem(ann_file: str) -> Optional[str]:

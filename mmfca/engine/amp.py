@@ -1,5 +1,7 @@
 """Mixed precision that also trains on machines without a GPU."""
+import logging
 from contextlib import contextmanager
+from typing import Union
 
 import torch
 import torch.nn as nn
@@ -16,36 +18,67 @@ def accelerator_available() -> bool:
             or is_musa_available())
 
 
+def cpu_computes_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic in hardware.
+
+    oneDNN must have bfloat16 kernels for it
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``, the check torch's
+    own tests and inductor use: False on AVX2-only CPUs, where every
+    bfloat16 operation is emulated, 8x slower than float32). On x86, oneDNN
+    also accepts plain AVX-512, where it converts in software; native
+    bfloat16 there needs AVX512-BF16 or AMX-BF16
+    (:func:`torch.cpu.get_capabilities`). On Arm, oneDNN's check is the
+    CPU's own bfloat16 extension.
+    """
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    capabilities = torch.cpu.get_capabilities()
+    if 'avx512_bf16' in capabilities:  # an x86 CPU
+        return bool(capabilities['avx512_bf16']
+                    or capabilities.get('amx_bf16'))
+    return True
+
+
 @OPTIM_WRAPPERS.register_module()
 class AnyDeviceAmpOptimWrapper(AmpOptimWrapper):
     """mmengine's :class:`AmpOptimWrapper` where an accelerator exists;
-    bfloat16 autocast without loss scaling on a CPU-only machine.
+    bfloat16 autocast without loss scaling on a CPU-only machine whose CPU
+    computes bfloat16, float32 on other CPUs.
 
     mmengine's wrapper asserts a GPU (or NPU/MLU/MUSA), so AMP configs
     cannot even be built on a CPU. On a CPU this wrapper trains in
     ``torch.autocast('cpu', dtype=torch.bfloat16)`` (float16 has no useful
-    CPU kernels, and bfloat16 needs no loss scaling); on an accelerator it
-    is exactly AmpOptimWrapper.
+    CPU kernels, and bfloat16 needs no loss scaling) where the CPU has
+    bfloat16 arithmetic (:func:`cpu_computes_bfloat16`: AVX512-BF16, AMX,
+    Arm BF16). Elsewhere bfloat16 is emulated, several times slower than
+    float32, so it trains in float32 and logs why. On an accelerator it is
+    exactly AmpOptimWrapper.
 
     Args:
         loss_scale (str | float | dict): As AmpOptimWrapper (unused on CPU).
         dtype (str | torch.dtype, optional): As AmpOptimWrapper; on CPU only
             ``bfloat16`` (the default there) is accepted.
-        cpu_autocast (bool): Autocast on a CPU-only machine. False trains in
-            float32 there, for models with CPU ops that lack bfloat16
-            kernels (mmcv's NMS and RoIAlign: the detectors). Defaults to
-            True.
+        cpu_autocast (bool | str): Autocast on a CPU-only machine.
+            ``'auto'``: where the CPU computes bfloat16, float32 elsewhere.
+            True: always, also where bfloat16 is emulated (to reproduce a
+            bfloat16 run on any CPU, at the emulation's cost). False:
+            never, for models with CPU ops that lack bfloat16 kernels
+            (mmcv's NMS and RoIAlign: the detectors). Defaults to 'auto'.
         **kwargs: As :class:`~mmengine.optim.OptimWrapper`.
     """
 
     def __init__(self,
                  loss_scale='dynamic',
                  dtype=None,
-                 cpu_autocast: bool = True,
+                 cpu_autocast: Union[bool, str] = 'auto',
                  **kwargs):
+        if cpu_autocast not in (True, False, 'auto'):
+            raise ValueError(
+                f"cpu_autocast must be 'auto', True or False, got "
+                f'{cpu_autocast!r}.')
         self.on_cpu = not accelerator_available()
-        self.cpu_autocast = cpu_autocast
         if not self.on_cpu:
+            self.cpu_autocast = False
             super().__init__(loss_scale=loss_scale, dtype=dtype, **kwargs)
             return
         if dtype not in (None, 'bfloat16', torch.bfloat16):
@@ -55,10 +88,23 @@ class AnyDeviceAmpOptimWrapper(AmpOptimWrapper):
         OptimWrapper.__init__(self, **kwargs)
         self.cast_dtype = torch.bfloat16
         self.loss_scaler = None
-        if cpu_autocast:
+        if cpu_autocast == 'auto':
+            self.cpu_autocast = cpu_computes_bfloat16()
+        else:
+            self.cpu_autocast = cpu_autocast
+        if self.cpu_autocast:
             print_log(
                 'No GPU: AMP runs as bfloat16 autocast on the CPU, without '
                 'loss scaling.', logger='current')
+        elif cpu_autocast == 'auto':
+            print_log(
+                'No GPU, and this CPU has no bfloat16 arithmetic (neither '
+                'AVX512-BF16 nor AMX nor Arm BF16), so bfloat16 would be '
+                'emulated, several times slower than float32: training in '
+                'float32 instead of AMP. optim_wrapper.cpu_autocast=True '
+                'forces bfloat16 autocast.',
+                logger='current',
+                level=logging.WARNING)
         else:
             print_log(
                 'No GPU: training in float32 (cpu_autocast=False: this '

@@ -16,7 +16,7 @@ from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.runner import Runner
 
-from ..datasets.checks import (check_dataset_paths, check_not_empty,
+from ..datasets.checks import (check_dataloader_paths, check_not_empty,
                                explain_build_error)
 from ..datasets.transforms import LoadImageFromFileOrSkip
 from .amp import accelerator_available
@@ -123,25 +123,44 @@ class ReliableRunner(Runner):
       stock path runs unchanged.
     - Training stops at the first NaN/inf loss (:class:`NonFiniteLossHook`)
       and at labels beyond ``num_classes`` (:class:`LabelRangeHook`).
-    - Datasets: missing paths, empty datasets and non-COCO annotation files
-      are refused with the setting to fix; training pipelines skip images
-      that cannot be decoded (:class:`LoadImageFromFileOrSkip`).
+    - Datasets: missing paths (of the datasets the run reads: testing needs
+      no training data), empty datasets and non-COCO annotation files are
+      refused with the key to fix; training pipelines skip images that
+      cannot be read or decoded (:class:`LoadImageFromFileOrSkip`).
 
     Arguments are those of :class:`~mmengine.runner.Runner`.
     """
 
     def __init__(self, *args, **kwargs):
-        # Before the Runner creates its work and log directories.
-        for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-            loader = kwargs.get(key)
-            if isinstance(loader, dict) and isinstance(
-                    loader.get('dataset'), dict):
-                check_dataset_paths(loader['dataset'])
         super().__init__(*args, **kwargs)
         self.trust_checkpoint = bool(self.cfg.get('trust_checkpoint', False))
         if isinstance(self._train_dataloader, dict):
             self._train_dataloader = copy.deepcopy(self._train_dataloader)
             _skip_undecodable(self._train_dataloader.get('dataset'))
+
+    def train(self):
+        self._check_paths('train')
+        return super().train()
+
+    def val(self):
+        self._check_paths('val')
+        return super().val()
+
+    def test(self):
+        self._check_paths('test')
+        return super().test()
+
+    def _check_paths(self, mode: str) -> None:
+        """Check the paths of the datasets ``mode`` reads, and only those
+        (testing needs no training data). ``tools/train.py`` and
+        ``tools/test.py`` run the same check before the runner exists, so
+        that nothing is written for a run that cannot start."""
+        check_dataloader_paths(
+            dict(
+                train_dataloader=self._train_dataloader,
+                val_dataloader=self._val_dataloader,
+                val_cfg=self._val_loop,
+                test_dataloader=self._test_dataloader), mode)
 
     def setup_env(self, env_cfg: dict) -> None:
         if self.distributed and not is_distributed() and \
@@ -208,7 +227,7 @@ class ReliableRunner(Runner):
                          diff_rank_seed: bool = False):
         if not isinstance(dataloader, dict):
             return Runner.build_dataloader(dataloader, seed, diff_rank_seed)
-        # Paths were checked when the runner was created.
+        # Paths were checked when the run started (train, val or test).
         dataset_cfg = dataloader.get('dataset')
         try:
             built = Runner.build_dataloader(dataloader, seed, diff_rank_seed)
