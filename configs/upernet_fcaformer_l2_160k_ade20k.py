@@ -68,7 +68,11 @@ train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
 
-# Multi-scale + flip test (--tta). mmseg's base omits reduce_zero_label in
+# Multi-scale + flip test (--tta), as the official aug-test (mmseg 0.x
+# MultiScaleFlipAug with img_scale=(2048, 512) and these img_ratios): each
+# image is resized to fit (int(2048 * r), int(512 * r)), keeping its aspect
+# ratio (mmseg 1.x's base scales it by r from its own size instead), then
+# tested as it is and flipped. That base also omits reduce_zero_label in
 # its TTA pipeline, which would shift every ADE20K label by one.
 img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 tta_pipeline = [
@@ -77,8 +81,10 @@ tta_pipeline = [
         type='TestTimeAug',
         transforms=[
             [
-                dict(type='Resize', scale_factor=r, keep_ratio=True)
-                for r in img_ratios
+                dict(
+                    type='Resize',
+                    scale=(int(2048 * r), int(512 * r)),
+                    keep_ratio=True) for r in img_ratios
             ],
             [
                 dict(type='RandomFlip', prob=0., direction='horizontal'),

@@ -323,6 +323,11 @@ def ade20k_cpu_overrides(root: str,
         f'default_hooks.checkpoint.interval={iters}',
         f'default_hooks.logger.interval={log_interval}',
         'randomness.seed=0',
+    ] + [
+        # --tta: the official ratios of (170, 128), the test scale here.
+        f'tta_pipeline.1.transforms.0.{i}.scale='
+        f'({int(170 * r)},{int(128 * r)})'
+        for i, r in enumerate((0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
     ]
 
 
