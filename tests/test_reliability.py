@@ -375,32 +375,14 @@ def seg_test_options(root, train_root, test_root):
     return options
 
 
-@pytest.fixture(scope='module')
-def small_checkpoint(tmp_path_factory):
-    """Untrained weights of the small UperNet (``SMALL_L1``)."""
-    cfg = load_config(
-        SEG_CONFIG, {
-            'model.backbone.arch': 'l1',
-            'model.backbone.out_channels': None,
-            'model.backbone.init_cfg': None,
-            'model.decode_head.in_channels': [64, 128, 192, 320],
-            'model.auxiliary_head.in_channels': 192
-        })
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    model.init_weights()
-    path = str(tmp_path_factory.mktemp('small_checkpoint') / 'weights.pth')
-    torch.save({'state_dict': model.state_dict()}, path)
-    return path
-
-
-def test_testing_needs_only_the_test_data(synthetic_ade, small_checkpoint,
+def test_testing_needs_only_the_test_data(reference, synthetic_ade,
                                           tmp_path):
     # What a user does with downloaded weights: the training data (here a
     # directory that does not exist) is never read.
     nowhere = str(tmp_path / 'no_training_data')
+    checkpoint = os.path.join(reference, f'iter_{ITERS}.pth')
     metrics = launch.test(
-        [SEG_CONFIG, small_checkpoint, '--work-dir',
+        [SEG_CONFIG, checkpoint, '--work-dir',
          str(tmp_path / 'work'), '--cfg-options'] +
         seg_test_options(synthetic_ade, nowhere, synthetic_ade))
     assert 0 <= metrics['mIoU'] <= 100
