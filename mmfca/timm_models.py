@@ -7,6 +7,7 @@ official or mmfca weights via ``pretrained=True,
 pretrained_cfg_overlay=dict(file=PATH)`` (timm's loader takes the EMA
 weights, ``model_ema``, when the file has them).
 """
+from functools import partial
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -16,8 +17,9 @@ from timm.models import (build_model_with_cfg, generate_default_cfgs,
 from timm.models._features import feature_take_indices
 
 from .models import FcaFormer
-from .models.checkpoint import (convert_official_keys, is_official_layout,
-                                select_state_dict)
+from .models.checkpoint import (check_backbone_coverage,
+                                convert_official_keys, is_official_layout,
+                                select_state_dict, strip_prefix)
 
 
 class FcaFormerClassifier(nn.Module):
@@ -137,20 +139,60 @@ class FcaFormerClassifier(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+def checkpoint_filter_fn(state_dict: dict,
+                         model: nn.Module,
+                         strict: bool = True) -> dict:
     """Turn an official or mmfca/mmpretrain checkpoint into this model's
-    state dict."""
-    state_dict = select_state_dict(state_dict)
-    if is_official_layout(state_dict):
-        backbone, head, _ = convert_official_keys(state_dict)
-        out = {f'backbone.{k}': v for k, v in backbone.items()}
-        out.update({k.replace('fc.', 'head.'): v for k, v in head.items()})
-        return out
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith('head.fc.'):
-            key = 'head.' + key[len('head.fc.'):]
-        out[key] = value
+    state dict.
+
+    timm drops the classifier and loads non-strictly when ``num_classes``
+    differs and for ``features_only``, so the backbone is checked here:
+    a file that lacks backbone tensors is refused, naming the file and what
+    it holds.
+
+    Args:
+        state_dict (dict): What timm read from the file.
+        model (nn.Module): The :class:`FcaFormerClassifier` to load.
+        strict (bool): Refuse missing backbone tensors; timm's
+            ``pretrained_strict=False`` sets it to False (a file that
+            matches nothing is refused either way). Defaults to True.
+    """
+    weights = select_state_dict(state_dict)
+    backbone, prefix = strip_prefix(weights, None)
+    # mmpretrain's head is ``head.fc.*``, timm's own ``head.*``; other
+    # entries of an OpenMMLab checkpoint go on for timm's load_state_dict to
+    # judge.
+    head = {
+        k[len('head.'):]: v
+        for k, v in weights.items() if prefix and k.startswith('head.')
+    }
+    rest = {
+        k: v
+        for k, v in weights.items()
+        if prefix and not k.startswith((prefix, 'head.'))
+    }
+    if is_official_layout(backbone):
+        backbone, official_head, _ = convert_official_keys(backbone)
+        head.update(official_head)
+    pretrained_cfg = getattr(model, 'pretrained_cfg', None) or {}
+    source = (pretrained_cfg.get('file') or pretrained_cfg.get('url')
+              or pretrained_cfg.get('hf_hub_id') or 'the pretrained weights')
+    check_backbone_coverage(
+        model.backbone.state_dict(),
+        backbone,
+        model.backbone.num_stages,
+        source=source,
+        where=(f'under prefix {prefix!r}' if prefix else
+               "in the whole file (no key starts with 'backbone.')"),
+        checkpoint=weights,
+        fix=('Check the file: it must hold official FcaFormer weights or an '
+             'mmfca / mmpretrain checkpoint of this arch.'),
+        strict=strict,
+        opt_out='pretrained_strict=False in timm.create_model')
+    out = {f'backbone.{k}': v for k, v in backbone.items()}
+    out.update((f"head.{k.removeprefix('fc.')}", v)
+               for k, v in head.items())
+    out.update(rest)
     return out
 
 
@@ -182,7 +224,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs):
         FcaFormerClassifier,
         variant,
         pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=partial(
+            checkpoint_filter_fn,
+            strict=kwargs.get('pretrained_strict', True)),
         feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),
         arch=arch,
         **kwargs)

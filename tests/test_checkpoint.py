@@ -1,6 +1,9 @@
 """Loading FcaFormer weights in each layout, and refusing bad files."""
+import importlib.util
+import logging
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -204,3 +207,203 @@ def test_getattr_in_a_weights_file_resolves_only_statistics(tmp_path):
     torch.save({'x': AsksForAnotherAttribute()}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path)
+
+
+# A checkpoint that does not hold the backbone is refused, not loaded as
+# "0 tensors" with a warning (training would start from random weights).
+
+
+@pytest.fixture(scope='module')
+def resnet18_file(tmp_path_factory):
+    """torchvision's ResNet-18 weights: a classifier of another model."""
+    from torchvision.models import resnet18
+    path = str(tmp_path_factory.mktemp('foreign') / 'resnet18.pth')
+    torch.save(resnet18().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def l1_without_stage_4(tmp_path_factory):
+    """An mmfca L1 checkpoint whose last stage is missing, and the model's
+    own weights it was cut from."""
+    source = FcaFormer('l1', out_indices=(3, ), gap_before_final_norm=True)
+    state = source.state_dict()
+    kept = {f'backbone.{k}': v for k, v in state.items()
+            if not k.startswith('stages.3.')}
+    path = str(tmp_path_factory.mktemp('partial') / 'l1_partial.pth')
+    torch.save(dict(state_dict=kept), path)
+    removed = [k for k in state if k.startswith('stages.3.')]
+    return dict(path=path, state=state, removed=removed)
+
+
+class LoggedRecords:
+    """Collect what mmengine's current logger emits."""
+
+    def __enter__(self):
+        from mmengine.logging import MMLogger
+        self.logger = MMLogger.get_current_instance()
+        self.records = []
+        self.handler = logging.Handler()
+        self.handler.emit = self.records.append
+        self.logger.addHandler(self.handler)
+        return self.records
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+
+
+@pytest.mark.parametrize('strict', [True, False])
+def test_checkpoint_of_another_model_is_refused(resnet18_file, strict):
+    init = dict(type='Pretrained', checkpoint=resnet18_file)
+    if not strict:
+        init['strict'] = False
+    model = FcaFormer('l2', out_indices=(0, 1, 2, 3), init_cfg=init)
+    total = len(model.state_dict())
+    with pytest.raises(ValueError) as info:
+        model.init_weights()
+    message = str(info.value)
+    assert resnet18_file in message
+    assert f'0 of {total} backbone tensors' in message
+    # The prefix that was tried, and what the file holds instead.
+    assert "prefix=None, and no key starts with 'backbone.'" in message
+    assert "['bn1', 'conv1', 'fc', 'layer1', 'layer2', 'layer3', " \
+        "'layer4']" in message
+    assert 'no FcaFormer weights' in message
+
+
+@pytest.mark.parametrize('prefix', ['decode_head.', 'model.backbone.'])
+def test_segmentor_checkpoint_with_a_wrong_prefix_is_refused(
+        official_dense_l2, prefix):
+    model = FcaFormer('l2', out_indices=(0, 1, 2, 3),
+                      out_channels=L2_DENSE_WIDTHS,
+                      init_cfg=dict(type='Pretrained',
+                                    checkpoint=official_dense_l2['path'],
+                                    prefix=prefix))
+    total = len(model.state_dict())
+    with pytest.raises(ValueError) as info:
+        model.init_weights()
+    message = str(info.value)
+    assert official_dense_l2['path'] in message
+    assert f'0 of {total} backbone tensors found under prefix ' \
+        f'{prefix!r}' in message
+    assert "top-level names are ['backbone', 'decode_head']" in message
+
+
+def test_dense_checkpoint_missing_an_output_projection_is_refused(
+        official_dense_l2, tmp_path):
+    """Only a classifier's file may lack the output layers."""
+    checkpoint = torch.load(official_dense_l2['path'])
+    del checkpoint['state_dict']['backbone.head2.weight']
+    path = str(tmp_path / 'no_head2.pth')
+    torch.save(checkpoint, path)
+    model = FcaFormer('l2', out_indices=(0, 1, 2, 3),
+                      out_channels=L2_DENSE_WIDTHS)
+    total = len(model.state_dict())
+    with pytest.raises(ValueError,
+                       match=rf"{total - 1} of {total} backbone tensors "
+                       rf".*'proj2\.conv\.weight'.*strict=False"):
+        pretrained(path, out_indices=(0, 1, 2, 3),
+                   out_channels=L2_DENSE_WIDTHS)
+
+
+def test_partial_checkpoint_needs_strict_false(l1_without_stage_4):
+    ckpt = l1_without_stage_4
+    total = len(ckpt['state'])
+    init = dict(type='Pretrained', checkpoint=ckpt['path'])
+    model = FcaFormer('l1', out_indices=(3, ), gap_before_final_norm=True,
+                      init_cfg=init)
+    with pytest.raises(ValueError) as info:
+        model.init_weights()
+    message = str(info.value)
+    assert ckpt['path'] in message
+    assert (f'{total - len(ckpt["removed"])} of {total} backbone tensors '
+            f"found under prefix 'backbone.'") in message
+    assert 'stages.3.' in message and 'strict=False' in message
+
+    model = FcaFormer('l1', out_indices=(3, ), gap_before_final_norm=True,
+                      init_cfg=dict(init, strict=False))
+    with LoggedRecords() as records:
+        model.init_weights()
+    # BN batch counters are not weights (torch does not require them).
+    assert sorted(model.load_report['missing']) == sorted(
+        k for k in ckpt['removed'] if not k.endswith('num_batches_tracked'))
+    state = model.state_dict()
+    for key, value in ckpt['state'].items():
+        if key not in ckpt['removed']:
+            assert torch.equal(state[key], value), key
+    warnings = [r.getMessage() for r in records
+                if r.levelno == logging.WARNING]
+    assert any('stages.3.blocks.0.attn.qkv.weight' in w for w in warnings)
+
+
+@pytest.mark.parametrize('kwargs', [{}, {'features_only': True},
+                                    {'num_classes': 10}])
+def test_timm_refuses_a_file_of_another_model(resnet18_file, kwargs):
+    """timm loads non-strictly for features_only and another num_classes;
+    the backbone check holds anyway."""
+    import timm
+    with pytest.raises(ValueError,
+                       match=rf"{re.escape(resnet18_file)}.*0 of \d+ "
+                       r"backbone tensors.*'conv1', 'fc', 'layer1'"):
+        timm.create_model('fcaformer_l1', pretrained=True,
+                          pretrained_cfg_overlay=dict(file=resnet18_file),
+                          **kwargs)
+
+
+def test_timm_partial_file_needs_pretrained_strict_false(
+        l1_without_stage_4):
+    import timm
+    ckpt = l1_without_stage_4
+    total = len(ckpt['state'])
+    with pytest.raises(ValueError,
+                       match=rf"{total - len(ckpt['removed'])} of {total} "
+                       r'backbone tensors.*pretrained_strict=False'):
+        timm.create_model('fcaformer_l1', pretrained=True,
+                          pretrained_cfg_overlay=dict(file=ckpt['path']),
+                          features_only=True)
+    model = timm.create_model('fcaformer_l1', pretrained=True,
+                              pretrained_cfg_overlay=dict(file=ckpt['path']),
+                              pretrained_strict=False)
+    state = model.backbone.state_dict()
+    for key, value in ckpt['state'].items():
+        if key not in ckpt['removed']:
+            assert torch.equal(state[key], value), key
+
+
+def converter():
+    spec = importlib.util.spec_from_file_location(
+        'official_to_mmfca',
+        os.path.join(REPO, 'tools/model_converters/official_to_mmfca.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_converter_refuses_a_file_of_another_model(resnet18_file, tmp_path):
+    dst = str(tmp_path / 'out.pth')
+    with pytest.raises(SystemExit) as info:
+        converter().main([resnet18_file, dst])
+    message = str(info.value.code)
+    assert resnet18_file in message
+    assert "['bn1', 'conv1', 'fc', 'layer1'" in message
+    assert not os.path.exists(dst)
+
+
+def test_converter_refuses_an_incomplete_official_file(
+        official_dense_l2, tmp_path):
+    tool = converter()
+    checkpoint = torch.load(official_dense_l2['path'])
+    model = FcaFormer('l2', out_indices=(0, 1, 2, 3),
+                      out_channels=L2_DENSE_WIDTHS)
+    expected = [f'backbone.{k}' for k in model.state_dict()]
+    expected.append('decode_head.conv_seg.weight')
+    assert sorted(tool.convert(checkpoint)) == sorted(expected)
+    del checkpoint['state_dict']['backbone.layer_2.blocks.3.qkv.weight']
+    path = str(tmp_path / 'incomplete.pth')
+    torch.save(checkpoint, path)
+    with pytest.raises(SystemExit) as info:
+        tool.main([path, str(tmp_path / 'out.pth')])
+    message = str(info.value.code)
+    assert path in message
+    assert "1 of its tensors are missing" in message
+    assert 'stages.2.blocks.3.attn.qkv.weight' in message

@@ -12,7 +12,10 @@ Three layouts reach the backbone:
 
 :func:`convert_official_keys` maps official names to ours;
 :func:`load_backbone_state_dict` picks the right weights out of any of them,
-checks shapes, and reports missing and unused keys by name.
+checks shapes, refuses a checkpoint that lacks backbone tensors (unless
+partial loading is asked for), and reports new, missing and unused keys by
+name. :func:`check_backbone_coverage` is the rule it shares with timm's
+loader.
 """
 import math
 import re
@@ -175,12 +178,19 @@ def select_state_dict(checkpoint, use_ema: bool = False) -> Dict:
     return state_dict
 
 
-def strip_prefix(state_dict: Dict, prefix: Optional[str]) -> OrderedDict:
+def strip_prefix(state_dict: Dict,
+                 prefix: Optional[str]) -> Tuple[OrderedDict, str]:
     """Keep the entries under ``prefix`` (e.g. 'backbone.'), without it.
 
     With ``prefix=None``, 'backbone.' is stripped if present. A checkpoint
     that has no key under the prefix but looks like a bare backbone or
     classifier (official ImageNet weights) is taken whole.
+
+    Returns:
+        tuple: The selected entries, and the prefix they were found under
+        ('' for the whole checkpoint). Nothing is selected when an explicit
+        prefix matches no key; :func:`load_backbone_state_dict` then says
+        what the checkpoint holds instead.
     """
     wanted = prefix if prefix is not None else 'backbone.'
     if wanted and not wanted.endswith('.'):
@@ -189,21 +199,40 @@ def strip_prefix(state_dict: Dict, prefix: Optional[str]) -> OrderedDict:
                            for k, v in state_dict.items()
                            if wanted and k.startswith(wanted))
     if selected:
-        return selected
+        return selected, wanted
     bare = is_official_layout(state_dict) or any(
         k.startswith(('downsample_layers.', 'stages.')) for k in state_dict)
     if bare or prefix is None:
-        return OrderedDict(state_dict)
-    tops = sorted({k.split('.')[0] for k in state_dict})
-    raise KeyError(f'No weights under prefix {prefix!r} in the checkpoint; '
-                   f'its top-level names are {tops}.')
+        return OrderedDict(state_dict), ''
+    return OrderedDict(), wanted
 
 
-def describe_arch(state_dict: Dict[str, torch.Tensor]) -> str:
-    """Name the FcaFormer arch that a backbone state dict was made for."""
+def top_level_names(state_dict: Dict, limit: int = 12) -> str:
+    """The first components of the keys, e.g. ``['backbone',
+    'decode_head']`` for a segmentor or ``['bn1', 'conv1', 'fc', 'layer1',
+    ...]`` for a ResNet: what a checkpoint holds, at a glance."""
+    names = sorted({k.split('.')[0] for k in state_dict})
+    if len(names) > limit:
+        return f'{names[:limit]} and {len(names) - limit} more'
+    return str(names)
+
+
+def infer_arch(
+        state_dict: Dict[str, torch.Tensor]) -> Tuple[Optional[str], dict]:
+    """The FcaFormer arch that a backbone state dict (mmfca names) was made
+    for.
+
+    Returns:
+        tuple: The name in ``FcaFormer.arch_zoo`` (None if no arch fits) and
+        the settings read from the weights (``channels``, ``depths``,
+        ``num_heads``, ``patch_size`` for a plain model; empty without any
+        ``stages.*`` key).
+    """
     from .fcaformer import FcaFormer
     stage_ids = {int(m.group(1)) for m in (re.match(r'stages\.(\d+)\.', k)
                                            for k in state_dict) if m}
+    if not stage_ids:
+        return None, {}
     channels, depths, heads = [], [], []
     for stage in range(max(stage_ids, default=-1) + 1):
         blocks = {
@@ -224,8 +253,18 @@ def describe_arch(state_dict: Dict[str, torch.Tensor]) -> str:
     if patch is not None:
         found['patch_size'] = int(patch.shape[-1])
     for name, settings in FcaFormer.arch_zoo.items():
-        if settings == found:
-            return f"arch='{name}'"
+        if {k: settings.get(k) for k in found} == found:
+            return name, found
+    return None, found
+
+
+def describe_arch(state_dict: Dict[str, torch.Tensor]) -> str:
+    """Name the FcaFormer arch that a backbone state dict was made for."""
+    name, found = infer_arch(state_dict)
+    if name is not None:
+        return f"arch='{name}'"
+    if not found:
+        return 'no FcaFormer weights (no stages.* or layer_*.* keys)'
     return f'arch={found}'
 
 
@@ -248,10 +287,116 @@ def _window_hint(model, state_dict) -> str:
             f'resize_bias_tables=True to interpolate them.')
 
 
+# The output layers of a backbone: a norm or a widening projection per
+# output (``norm{i}.*``, ``proj{i}.*``).
+_OUTPUT_LAYER = re.compile(r'(?:proj|norm)\d+\.')
+
+
+def is_classifier_file(state_dict: Dict, num_stages: int) -> bool:
+    """Whether backbone weights come from an ImageNet classifier.
+
+    A classifier has no output layer but its final norm (official
+    ``norm_head``, our ``norm{last stage}``), so a dense backbone started
+    from it cannot find its output projections and norms there.
+    """
+    final_norm = f'norm{num_stages - 1}.'
+    return not any(
+        _OUTPUT_LAYER.match(k) and not k.startswith(final_norm)
+        for k in state_dict)
+
+
+def check_backbone_coverage(model_state: Dict,
+                            state_dict: Dict,
+                            num_stages: int,
+                            source: str,
+                            where: str,
+                            checkpoint: Dict,
+                            fix: str,
+                            strict: bool = True,
+                            opt_out: str = 'strict=False'
+                            ) -> Tuple[list, list]:
+    """Check that a checkpoint holds the backbone's tensors.
+
+    Only the output layers of a backbone started from an ImageNet classifier
+    may be absent: the file cannot have them. Any other absent tensor is an
+    error unless the caller opted in to partial loading, and a checkpoint
+    that provides no tensor at all is always one.
+
+    Args:
+        model_state (dict): The backbone's state dict (names and shapes).
+        state_dict (dict): The checkpoint's backbone weights, in mmfca
+            names.
+        num_stages (int): Stages of the backbone.
+        source (str): The file, for the message.
+        where (str): Where the weights were looked for (the prefix), for
+            the message.
+        checkpoint (dict): All the checkpoint's weights, whose top-level
+            names the message shows.
+        fix (str): How to point the loader at the right weights.
+        strict (bool): Refuse missing tensors. With False they are returned
+            as ``missing`` (the caller loads what matches). Defaults to True.
+        opt_out (str): The setting that allows partial loads, for the
+            message.
+
+    Returns:
+        tuple: ``(new_outputs, missing)``: absent output layers the file
+        cannot have, and other absent tensors (empty unless partial loading
+        was allowed).
+
+    Raises:
+        ValueError: When tensors are missing, naming the file, the prefix,
+            how many tensors matched and what the checkpoint holds.
+    """
+    # BN's batch counters are not weights: torch's own load_state_dict
+    # does not require them either.
+    absent = [
+        k for k in model_state
+        if k not in state_dict and not k.endswith('num_batches_tracked')
+    ]
+    matched = sum(k in state_dict for k in model_state)
+    new_outputs = []
+    if is_classifier_file(state_dict, num_stages):
+        new_outputs = [k for k in absent if _OUTPUT_LAYER.match(k)]
+    missing = [k for k in absent if k not in new_outputs]
+    if matched and not (missing and strict):
+        return new_outputs, missing
+    if matched:
+        advice = (f'{fix} To load the {matched} tensors that match and keep '
+                  f'the others at their initial values, set {opt_out}.')
+    else:
+        advice = (f'Nothing would be loaded. {fix} A checkpoint that '
+                  f'provides no tensor is refused even with partial '
+                  f'loading allowed.')
+    under = ''
+    if where.startswith('under') and state_dict:
+        under = f', and under that prefix {top_level_names(state_dict)}'
+    raise ValueError(
+        f'Checkpoint {source!r} does not hold this backbone '
+        f'({describe_arch(model_state)}): {matched} of {len(model_state)} '
+        f'backbone tensors found {where}; {len(missing)} missing, e.g. '
+        f'{missing[:4]}. The checkpoint\'s top-level names are '
+        f'{top_level_names(checkpoint)}{under}; it looks like '
+        f'{describe_arch(state_dict)}. {advice}')
+
+
+def _where(prefix: Optional[str], used: str, found: bool) -> str:
+    """Say where the backbone weights were looked for."""
+    if used and found:
+        return f'under prefix {used!r}'
+    if used:
+        return f'under prefix {used!r} (no key starts with it)'
+    if prefix is None:
+        return ("in the whole checkpoint (prefix=None, and no key starts "
+                "with 'backbone.')")
+    return (f'in the whole checkpoint (no key starts with {prefix!r}, and '
+            f'it looks like a bare backbone)')
+
+
 def load_backbone_state_dict(model,
                              filename: str,
                              prefix: Optional[str] = None,
-                             use_ema: bool = False) -> Dict[str, list]:
+                             use_ema: bool = False,
+                             strict: bool = True) -> Dict[str, list]:
     """Load backbone weights from any supported checkpoint layout.
 
     Args:
@@ -261,19 +406,28 @@ def load_backbone_state_dict(model,
             checkpoint, e.g. 'backbone.'. Defaults to None (strip
             'backbone.' when present).
         use_ema (bool): Load the EMA weights. Defaults to False.
+        strict (bool): Refuse a checkpoint that lacks backbone tensors,
+            except the output layers of a backbone started from an ImageNet
+            classifier (the file cannot have them). With False, the tensors
+            that match are loaded and the others are logged as missing; a
+            checkpoint that matches no tensor is refused either way.
+            Defaults to True.
 
     Returns:
         dict: Key names by outcome: ``loaded``, ``new_outputs`` (output
-        layers the checkpoint lacks, freshly initialised), ``missing``
-        (other model keys the checkpoint lacks) and ``unused`` (checkpoint
-        keys the backbone has no place for).
+        layers the checkpoint cannot have, freshly initialised),
+        ``missing`` (other model keys the checkpoint lacks; only with
+        ``strict=False``) and ``unused`` (checkpoint keys the backbone has
+        no place for).
 
     Raises:
         ValueError: When shapes do not match the model (another arch or
-            window size); the message names what the checkpoint was made for.
+            window size), or the checkpoint lacks backbone tensors; the
+            message names what the checkpoint holds.
     """
-    state_dict = select_state_dict(load_weights(filename), use_ema)
-    state_dict = strip_prefix(state_dict, prefix)
+    checkpoint = select_state_dict(load_weights(filename), use_ema)
+    state_dict, used_prefix = strip_prefix(checkpoint, prefix)
+    where = _where(prefix, used_prefix, bool(state_dict))
     unknown = []
     if is_official_layout(state_dict):
         # The classifier head is not the backbone's: report it unused, under
@@ -299,21 +453,31 @@ def load_backbone_state_dict(model,
             f'with {describe_arch(own)}. {len(mismatched)} shape '
             f'mismatches, e.g. {details}.{_window_hint(model, state_dict)}')
 
+    new_outputs, absent = check_backbone_coverage(
+        own,
+        state_dict,
+        model.num_stages,
+        source=filename,
+        where=where,
+        checkpoint=checkpoint,
+        fix=("Check the file and `prefix` in the Pretrained init_cfg: the "
+             "backbone's name in the checkpoint, e.g. 'backbone.' for an "
+             "OpenMMLab classifier, segmentor or detector (None takes "
+             "'backbone.' when present)."),
+        strict=strict,
+        opt_out='strict=False in the Pretrained init_cfg')
     usable = OrderedDict((k, v) for k, v in state_dict.items() if k in own)
     unused = [k for k in state_dict if k not in own] + unknown
-    incompatible = model.load_state_dict(usable, strict=False)
-    missing = incompatible.missing_keys
-    new_outputs = [k for k in missing if re.match(r'(proj|norm)\d\.', k)]
-    absent = [k for k in missing if k not in new_outputs]
+    model.load_state_dict(usable, strict=False)
     print_log(
-        f'FcaFormer: loaded {len(usable)} tensors from {filename}',
-        logger='current')
+        f'FcaFormer: loaded {len(usable)} of {len(own)} tensors from '
+        f'{filename}', logger='current')
     if new_outputs:
         print_log(f'FcaFormer: newly initialised output layers (not in the '
-                  f'checkpoint): {new_outputs}', logger='current')
+                  f'ImageNet checkpoint): {new_outputs}', logger='current')
     if absent:
-        print_log(f'FcaFormer: missing keys, left at their initial values: '
-                  f'{absent}', logger='current', level=30)
+        print_log(f'FcaFormer: strict=False, missing keys left at their '
+                  f'initial values: {absent}', logger='current', level=30)
     if unused:
         print_log(f'FcaFormer: checkpoint keys not used by the backbone: '
                   f'{unused}', logger='current')

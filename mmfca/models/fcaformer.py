@@ -656,7 +656,12 @@ class FcaFormer(BaseModule):
             ``dict(type='Pretrained', checkpoint=PATH, prefix='backbone.')``
             accepts official ImageNet checkpoints (add ``use_ema=True`` for
             their EMA weights), official downstream checkpoints and mmfca /
-            OpenMMLab checkpoints; ``prefix`` is optional.
+            OpenMMLab checkpoints; ``prefix`` is optional. A checkpoint that
+            lacks backbone tensors is refused, except for the output layers
+            of a dense backbone started from an ImageNet classifier (logged
+            by name); ``strict=False`` loads what matches and logs the rest
+            as missing, but a checkpoint that matches nothing is refused
+            either way.
     """
 
     arch_zoo = {
@@ -1003,12 +1008,12 @@ class FcaFormer(BaseModule):
         cfg = self.init_cfg
         if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
             extra = set(cfg) - {'type', 'checkpoint', 'prefix', 'use_ema',
-                                'map_location'}
+                                'strict', 'map_location'}
             if extra:
                 raise ValueError(
                     f'Unknown keys {sorted(extra)} in the FcaFormer '
                     f'Pretrained init_cfg; allowed: checkpoint, prefix, '
-                    f'use_ema.')
+                    f'use_ema, strict.')
             self.init_cfg = self.default_init_cfg
             super().init_weights()
             self.init_cfg = cfg
@@ -1016,7 +1021,8 @@ class FcaFormer(BaseModule):
                 self,
                 cfg['checkpoint'],
                 prefix=cfg.get('prefix'),
-                use_ema=cfg.get('use_ema', False))
+                use_ema=cfg.get('use_ema', False),
+                strict=cfg.get('strict', True))
             self._is_init = True
             return
         super().init_weights()

@@ -9,20 +9,55 @@ DST gets ``{'state_dict': ..., 'meta': ...}`` with mmfca names: ImageNet
 weights become an mmpretrain ImageClassifier (``backbone.`` and
 ``head.fc.``), downstream weights keep their non-backbone entries as they
 are. The result loads strictly with mmengine's ``load_checkpoint``.
+
+An input that is not an official FcaFormer-L1...L4 checkpoint, or lacks any
+tensor of the official model, is refused with a message saying what it
+holds.
 """
 import argparse
 import os
+import re
+import sys
 from collections import OrderedDict
+from typing import List, Optional
 
 import torch
 
-from mmfca.models.checkpoint import (convert_official_keys,
-                                     is_official_layout, select_state_dict)
+from mmfca.models import FcaFormer
+from mmfca.models.checkpoint import (convert_official_keys, describe_arch,
+                                     infer_arch, is_official_layout,
+                                     select_state_dict, top_level_names)
 from mmfca.serialization import load_weights
 
 
+def expected_backbone(backbone: dict, arch: str) -> List[str]:
+    """The tensors an official ``arch`` model with these outputs has: the
+    ImageNet classifier's final norm, or the dense model's projections."""
+    widths = {
+        int(m.group(1)): int(v.shape[0])
+        for m, v in ((re.match(r'proj(\d+)\.conv\.weight$', k), v)
+                     for k, v in backbone.items()) if m
+    }
+    channels = FcaFormer.arch_zoo[arch]['channels']
+    if widths:
+        model = FcaFormer(
+            arch,
+            out_indices=sorted(widths),
+            out_channels=[widths.get(i, c) for i, c in enumerate(channels)])
+    else:
+        model = FcaFormer(
+            arch, out_indices=len(channels) - 1, gap_before_final_norm=True)
+    return list(model.state_dict())
+
+
 def convert(checkpoint: dict, use_ema: bool = False) -> OrderedDict:
-    """Return the converted state dict of an official checkpoint."""
+    """Return the converted state dict of an official checkpoint.
+
+    Raises:
+        ValueError: When the checkpoint is not an official FcaFormer-L1...L4
+            checkpoint (a message says what it holds), or lacks tensors of
+            the official model.
+    """
     state_dict = select_state_dict(checkpoint, use_ema)
     backbone_keys = OrderedDict(
         (k[len('backbone.'):], v) for k, v in state_dict.items()
@@ -35,20 +70,38 @@ def convert(checkpoint: dict, use_ema: bool = False) -> OrderedDict:
         source, rest = state_dict, OrderedDict()
     if not is_official_layout(source):
         raise ValueError(
-            'This checkpoint does not use the official FcaFormer names '
-            '(no patch_embed.* / layer_*.* keys); mmfca checkpoints need no '
-            'conversion.')
+            f'this is not an official FcaFormer checkpoint (no '
+            f'patch_embed.seq.* / layer_*.* keys): its top-level names are '
+            f'{top_level_names(state_dict)}, and its backbone looks like '
+            f'{describe_arch(source)}. mmfca checkpoints need no '
+            f'conversion; other models cannot be converted.')
     backbone, head, unknown = convert_official_keys(source)
     if unknown:
-        raise ValueError(f'Official keys with no mmfca counterpart: '
+        raise ValueError(f'official keys with no mmfca counterpart: '
                          f'{unknown}')
+    arch, _ = infer_arch(backbone)
+    if arch is None or arch not in ('l1', 'l2', 'l3', 'l4'):
+        raise ValueError(
+            f'the weights look like {describe_arch(backbone)}, which is no '
+            f'official FcaFormer (L1...L4); the file may be incomplete.')
+    expected = expected_backbone(backbone, arch)
+    missing = [k for k in expected if k not in backbone]
+    if not any(k.startswith('proj') for k in backbone):
+        # An ImageNet classifier: its head becomes mmpretrain's.
+        missing += [f'head.{k}' for k in ('fc.weight', 'fc.bias')
+                    if k not in head]
+    if missing:
+        raise ValueError(
+            f'the official FcaFormer-{arch.upper()} weights are incomplete: '
+            f'{len(missing)} of its tensors are missing (in mmfca names), '
+            f'e.g. {missing[:5]}. Download or save the file again.')
     out = OrderedDict((f'backbone.{k}', v) for k, v in backbone.items())
     out.update((f'head.{k}', v) for k, v in head.items())
     out.update(rest)
     return out
 
 
-def main():
+def main(argv: Optional[List[str]] = None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('src', help='official checkpoint')
     parser.add_argument('dst', help='where to write the mmfca checkpoint')
@@ -56,8 +109,11 @@ def main():
         '--ema',
         action='store_true',
         help='take the EMA weights (model_ema) of an ImageNet checkpoint')
-    args = parser.parse_args()
-    state_dict = convert(load_weights(args.src), use_ema=args.ema)
+    args = parser.parse_args(argv)
+    try:
+        state_dict = convert(load_weights(args.src), use_ema=args.ema)
+    except ValueError as err:
+        sys.exit(f'official_to_mmfca: refusing {args.src!r}: {err}')
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
     torch.save(
         dict(
