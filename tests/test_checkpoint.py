@@ -379,10 +379,17 @@ def converter():
     return module
 
 
-def test_converter_refuses_a_file_of_another_model(resnet18_file, tmp_path):
+def run_converter(monkeypatch, *args):
+    """The converter's command line, in this process."""
+    monkeypatch.setattr(sys, 'argv', ['official_to_mmfca.py', *args])
+    converter().main()
+
+
+def test_converter_refuses_a_file_of_another_model(resnet18_file, tmp_path,
+                                                   monkeypatch):
     dst = str(tmp_path / 'out.pth')
     with pytest.raises(SystemExit) as info:
-        converter().main([resnet18_file, dst])
+        run_converter(monkeypatch, resnet18_file, dst)
     message = str(info.value.code)
     assert resnet18_file in message
     assert "['bn1', 'conv1', 'fc', 'layer1'" in message
@@ -390,7 +397,7 @@ def test_converter_refuses_a_file_of_another_model(resnet18_file, tmp_path):
 
 
 def test_converter_refuses_an_incomplete_official_file(
-        official_dense_l2, tmp_path):
+        official_dense_l2, tmp_path, monkeypatch):
     tool = converter()
     checkpoint = torch.load(official_dense_l2['path'])
     model = FcaFormer('l2', out_indices=(0, 1, 2, 3),
@@ -402,7 +409,7 @@ def test_converter_refuses_an_incomplete_official_file(
     path = str(tmp_path / 'incomplete.pth')
     torch.save(checkpoint, path)
     with pytest.raises(SystemExit) as info:
-        tool.main([path, str(tmp_path / 'out.pth')])
+        run_converter(monkeypatch, path, str(tmp_path / 'out.pth'))
     message = str(info.value.code)
     assert path in message
     assert "1 of its tensors are missing" in message
