@@ -90,7 +90,10 @@ def load_weights(path: str) -> Any:
             f'FcaFormer ImageNet weights can be used as they are, or '
             f'converted with tools/model_converters/official_to_mmfca.py.')
     try:
-        # The allow-list is registered on ``import mmfca``.
+        # Registered again at every load: the process-wide list is shared
+        # with other libraries, whose ``safe_globals`` contexts remove what
+        # they added on exit (timm's removes argparse.Namespace).
+        register_safe_globals()
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
         raise RuntimeError(

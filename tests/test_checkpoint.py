@@ -1,4 +1,5 @@
 """Loading FcaFormer weights in each layout, and refusing bad files."""
+import argparse
 import importlib.util
 import logging
 import os
@@ -414,3 +415,16 @@ def test_converter_refuses_an_incomplete_official_file(
     assert path in message
     assert "1 of its tensors are missing" in message
     assert 'stages.2.blocks.3.attn.qkv.weight' in message
+
+
+def test_loading_survives_another_librarys_safe_globals_context(official_cls):
+    """torch's ``safe_globals`` context removes what it allowed on exit,
+    also when mmfca had allowed it (timm's loader allows
+    argparse.Namespace this way): official files still load after one."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        pass
+    model = FcaFormer('l1', out_indices=(3, ), gap_before_final_norm=True,
+                      init_cfg=dict(type='Pretrained',
+                                    checkpoint=official_cls['l1']['path']))
+    model.init_weights()
+    assert model.load_report['loaded']

@@ -19,6 +19,7 @@ from mmengine.runner import Runner
 from ..datasets.checks import (check_dataloader_paths, check_not_empty,
                                explain_build_error)
 from ..datasets.transforms import LoadImageFromFileOrSkip
+from ..serialization import register_safe_globals
 from .amp import accelerator_available
 from .hooks import (LabelRangeHook, NonFiniteLossHook, RNGStateHook,
                     SafeCheckpointHook)
@@ -258,6 +259,8 @@ class ReliableRunner(Runner):
             raise FileNotFoundError(
                 f'Checkpoint not found: {filename!r}. Check load_from / '
                 f'--resume.')
+        # Another library's safe_globals context may have removed ours.
+        register_safe_globals()
         try:
             with _weights_only(not self.trust_checkpoint):
                 return super().load_checkpoint(filename, *args, **kwargs)
