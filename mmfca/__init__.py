@@ -1,40 +1,26 @@
-"""mmfca: FcaFormer for mmpretrain, mmsegmentation and mmdetection.
+"""mmfca: FcaFormer for mmpretrain, mmsegmentation, mmdetection and timm.
 
 ``import mmfca`` (or ``custom_imports = dict(imports=['mmfca'])`` in a
 config) registers the FcaFormer backbone, the training helpers, the reliable
-runner and its hooks in the registries of each installed codebase, and
-allow-lists mmengine's checkpoint contents for torch's ``weights_only``
-loading.
+runner and its hooks in mmengine's root registries, which every codebase's
+registries fall back to, and FcaFormer's classifiers in timm. It imports
+neither mmseg nor mmdet.
 """
-from . import timm_models  # noqa: F401  registers fcaformer_l1..l4 in timm
 from .datasets import LoadImageFromFileOrSkip
 from .engine import (AnyDeviceAmpOptimWrapper,
                      FcaFormerLearningRateDecayOptimizerConstructor,
                      LabelRangeHook, NonFiniteLossHook, ReliableRunner,
                      RNGStateHook, SafeCheckpointHook)
 from .models import FcaFormer
-from .registry import register_everywhere
-from .serialization import register_safe_globals
+from .models import timm_models  # noqa: F401  registers fcaformer_l* in timm
+from .utils.serialization import register_safe_globals
 from .version import __version__
 
 register_safe_globals()
-register_everywhere('MODELS', {'FcaFormer': FcaFormer})
-register_everywhere('OPTIM_WRAPPER_CONSTRUCTORS', {
-    'FcaFormerLearningRateDecayOptimizerConstructor':
-    FcaFormerLearningRateDecayOptimizerConstructor
-})
-register_everywhere('RUNNERS', {'ReliableRunner': ReliableRunner})
-register_everywhere(
-    'HOOKS', {
-        hook.__name__: hook
-        for hook in (SafeCheckpointHook, RNGStateHook, NonFiniteLossHook,
-                     LabelRangeHook)
-    })
-register_everywhere('TRANSFORMS',
-                    {'LoadImageFromFileOrSkip': LoadImageFromFileOrSkip})
 
 __all__ = [
     'FcaFormer', 'AnyDeviceAmpOptimWrapper',
     'FcaFormerLearningRateDecayOptimizerConstructor', 'ReliableRunner',
-    '__version__'
+    'SafeCheckpointHook', 'RNGStateHook', 'NonFiniteLossHook',
+    'LabelRangeHook', 'LoadImageFromFileOrSkip', '__version__'
 ]

@@ -17,7 +17,7 @@ L2_DENSE_WIDTHS = (96, 192, 384, 768)
 @pytest.fixture(scope='session')
 def synthetic_ade(tmp_path_factory):
     """Synthetic ADE20K: 16 training and 4 validation images."""
-    from mmfca.datasets import make_synthetic_ade20k
+    from mmfca.testing import make_synthetic_ade20k
     root = str(tmp_path_factory.mktemp('synthetic_ade'))
     make_synthetic_ade20k(root, num_train=16, num_val=4, size=128)
     return root

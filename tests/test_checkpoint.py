@@ -15,8 +15,8 @@ from mmengine.runner import load_checkpoint
 from reference import reference_forward
 
 from mmfca.models import FcaFormer
-from mmfca.models.checkpoint import convert_official_keys
-from mmfca.runtime import build_model, load_config
+from mmfca.models.utils.checkpoint import convert_official_keys
+from mmfca.apis import build_model, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

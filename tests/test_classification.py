@@ -10,11 +10,11 @@ import torch
 from mmengine.optim import build_optim_wrapper
 from reference import reference_forward
 
-from mmfca import launch
-from mmfca.engine.amp import cpu_computes_bfloat16
-from mmfca.datasets import make_synthetic_imagenet
+from mmfca import apis
+from mmfca.engine.optimizers import cpu_computes_bfloat16
+from mmfca.testing import make_synthetic_imagenet
 from mmfca.models import FcaFormer
-from mmfca.runtime import build_model, load_config
+from mmfca.apis import build_model, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 L1_CONFIG = os.path.join(REPO, 'configs/fcaformer_l1_in1k.py')
@@ -44,7 +44,7 @@ def l1_run(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('synthetic_imagenet'))
     make_synthetic_imagenet(root, num_train=32, num_val=8, size=96)
     work_dir = str(tmp_path_factory.mktemp('l1_in1k'))
-    launch.train([L1_CONFIG, '--work-dir', work_dir, '--amp',
+    apis.train([L1_CONFIG, '--work-dir', work_dir, '--amp',
                   '--cfg-options'] + synthetic_overrides(root))
     checkpoint = os.path.join(work_dir, 'epoch_2.pth')
     return dict(root=root, checkpoint=checkpoint, work_dir=work_dir,
@@ -193,7 +193,7 @@ def test_bias_tables_resize_for_another_resolution(official_cls):
 
 def test_at_224_the_classifier_is_the_official_one(official_cls):
     model = build_model(load_config(L1_CONFIG))
-    from mmfca.models.checkpoint import convert_official_keys
+    from mmfca.models.utils.checkpoint import convert_official_keys
     backbone, head, _ = convert_official_keys(official_cls['l1']['model'])
     model.backbone.load_state_dict(backbone)
     model.head.load_state_dict(head)

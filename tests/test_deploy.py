@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from mmfca.deploy import check_onnx, export_onnx
+from mmfca.deployment import check_onnx, export_onnx
 from mmfca.models import FcaFormer
-from mmfca.runtime import build_model, load_config
+from mmfca.apis import build_model, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -118,7 +118,7 @@ def test_deploy_mode_follows_moves_reloads_and_refuses_training():
 def test_export_preparation_folds_then_moves_to_the_device():
     # 'meta' stands in for a GPU: a forward there fails on any tensor the
     # move left on the CPU.
-    from mmfca.deploy import prepared
+    from mmfca.deployment import prepared
     wrapper = prepared(Dense(FcaFormer('l1', out_indices=(0, 1, 2, 3))),
                        dense=True, device='meta')
     outs = wrapper(torch.zeros(1, 3, 100, 130, device='meta'))

@@ -10,11 +10,11 @@ from glob import glob
 import pytest
 import torch
 
-from mmfca.analysis import complexity, keep_all_proposals
-from mmfca.datasets import coco_cpu_overrides, make_synthetic_coco
-from mmfca import launch
+from mmfca.utils.complexity import complexity, keep_all_proposals
+from mmfca.testing import coco_cpu_overrides, make_synthetic_coco
+from mmfca import apis
 from mmfca.models import FcaFormer
-from mmfca.runtime import build_model, load_config
+from mmfca.apis import build_model, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MASK_RCNN = os.path.join(REPO, 'configs/mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
@@ -45,7 +45,7 @@ def mask_rcnn_run(synthetic_coco, tmp_path_factory):
     work_dir = str(tmp_path_factory.mktemp('mask_rcnn'))
     # Deterministic algorithms: without them two CPU runs of Mask R-CNN
     # differ by about 1e-5 after a few iterations.
-    launch.train([MASK_RCNN, '--work-dir', work_dir, '--cfg-options'] +
+    apis.train([MASK_RCNN, '--work-dir', work_dir, '--cfg-options'] +
                  synthetic_overrides(synthetic_coco, epochs=2) +
                  ['randomness.deterministic=True'])
     return dict(work_dir=work_dir, root=synthetic_coco,
@@ -71,9 +71,9 @@ def test_epoch_based_resume_is_bit_identical(mask_rcnn_run, tmp_path):
         'randomness.deterministic=True'
     ]
     work_dir = str(tmp_path)
-    launch.train([MASK_RCNN, '--work-dir', work_dir, '--cfg-options'] +
+    apis.train([MASK_RCNN, '--work-dir', work_dir, '--cfg-options'] +
                  options + ['train_cfg.max_epochs=1'])
-    launch.train([MASK_RCNN, '--work-dir', work_dir, '--resume',
+    apis.train([MASK_RCNN, '--work-dir', work_dir, '--resume',
                   '--cfg-options'] + options)
     expected = torch.load(mask_rcnn_run['checkpoint'], weights_only=True)
     resumed = torch.load(os.path.join(work_dir, 'epoch_2.pth'),
@@ -96,14 +96,14 @@ def test_annotation_file_that_is_not_coco_is_refused(synthetic_coco,
     with pytest.raises(ValueError, match="not a COCO annotation file.*"
                        r"lacks the top-level key\(s\) \['annotations', "
                        "'categories'\]"):
-        launch.train([MASK_RCNN, '--work-dir', str(tmp_path / 'work'),
+        apis.train([MASK_RCNN, '--work-dir', str(tmp_path / 'work'),
                       '--cfg-options'] +
                      synthetic_overrides(synthetic_coco) +
                      [f'train_dataloader.dataset.ann_file={not_coco}'])
 
 
 def test_cascade_mask_rcnn_trains_on_cpu(synthetic_coco, tmp_path):
-    launch.train([CASCADE, '--work-dir', str(tmp_path), '--cfg-options'] +
+    apis.train([CASCADE, '--work-dir', str(tmp_path), '--cfg-options'] +
           synthetic_overrides(synthetic_coco))
     losses = losses_of(str(tmp_path))
     assert len(losses) == 4
@@ -135,7 +135,7 @@ def test_test_tool_reports_coco_ap(mask_rcnn_run, tmp_path):
 
 def test_format_only_writes_coco_result_json(mask_rcnn_run, tmp_path):
     prefix = str(tmp_path / 'submission')
-    launch.test([MASK_RCNN, mask_rcnn_run['checkpoint'], '--work-dir',
+    apis.test([MASK_RCNN, mask_rcnn_run['checkpoint'], '--work-dir',
           str(tmp_path / 'work'), '--cfg-options'] +
          synthetic_overrides(mask_rcnn_run['root']) + [
              'test_evaluator.format_only=True',

@@ -18,7 +18,7 @@ import torch
 from conftest import L2_DENSE_WIDTHS
 
 from mmfca.models import FcaFormer
-from mmfca.runtime import build_model, load_config
+from mmfca.apis import build_model, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 META = torch.device('meta')

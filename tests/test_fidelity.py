@@ -11,7 +11,7 @@ from reference import (ARCHS, OFFICIAL_PARAMS, official_shapes,
                        random_official_state_dict, reference_forward)
 
 from mmfca.models import FcaFormer
-from mmfca.models.checkpoint import convert_official_keys
+from mmfca.models.utils.checkpoint import convert_official_keys
 
 
 def classifier_backbone(arch, **kwargs):

@@ -9,9 +9,9 @@ import timm
 import torch
 from reference import OFFICIAL_PARAMS, reference_forward
 
-from mmfca.analysis import complexity
+from mmfca.utils.complexity import complexity
 from mmfca.models import FcaFormer
-from mmfca.runtime import build_model, load_config
+from mmfca.apis import build_model, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,6 +61,30 @@ def test_registered_in_every_codebase(scope):
     assert module.MODELS.get('FcaFormer') is FcaFormer
     backbone = module.MODELS.build(dict(type='FcaFormer', arch='l1'))
     assert isinstance(backbone, FcaFormer)
+
+
+def test_import_is_light_and_registers_in_the_root_registries():
+    """``import mmfca`` imports no codebase (mmseg, mmdet, mmpretrain):
+    its classes sit in mmengine's root registries, which every codebase's
+    registries fall back to, each registered once, without ``force``."""
+    code = textwrap.dedent("""
+        import sys
+        import mmfca
+        from mmengine import registry
+        heavy = [m for m in ('mmseg', 'mmdet', 'mmpretrain') if m in sys.modules]
+        assert not heavy, heavy
+        assert registry.MODELS.get('FcaFormer') is mmfca.FcaFormer
+        assert registry.RUNNERS.get('ReliableRunner') is mmfca.ReliableRunner
+        for name in ('SafeCheckpointHook', 'RNGStateHook', 'NonFiniteLossHook',
+                     'LabelRangeHook'):
+            assert registry.HOOKS.get(name) is getattr(mmfca, name), name
+        assert registry.OPTIM_WRAPPER_CONSTRUCTORS.get(
+            'FcaFormerLearningRateDecayOptimizerConstructor') is not None
+        assert registry.TRANSFORMS.get('LoadImageFromFileOrSkip') is not None
+    """)
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize('scope, body, size', [

@@ -9,7 +9,7 @@ from mmengine.optim import build_optim_wrapper
 from reference import reference_plain_forward
 
 from mmfca.models import FcaFormer
-from mmfca.runtime import build_model, load_config
+from mmfca.apis import build_model, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 L0_CONFIG = os.path.join(REPO, 'configs/fcaformer_l0_in1k.py')

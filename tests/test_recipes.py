@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from mmfca.runtime import load_config, register_scope
+from mmfca.apis import load_config, register_scope
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MASK_RCNN = os.path.join(REPO, 'configs/mask_rcnn_fcaformer_l2_fpn_3x_coco.py')

@@ -15,11 +15,12 @@ import cv2
 import pytest
 import torch
 
-from mmfca import launch
-from mmfca.datasets import LoadImageFromFileOrSkip, ade20k_cpu_overrides
+from mmfca import apis
+from mmfca.datasets import LoadImageFromFileOrSkip
+from mmfca.testing import ade20k_cpu_overrides
 from mmfca.datasets.checks import check_dataset_paths
 from mmfca.engine.runner import find_resumable_checkpoint
-from mmfca.runtime import build_model, load_config
+from mmfca.apis import build_model, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
@@ -76,7 +77,7 @@ def assert_identical(a, b, where='checkpoint'):
 def reference(synthetic_ade, tmp_path_factory):
     """An uninterrupted run: 6 iterations, checkpoints at 2, 4 and 6."""
     work_dir = str(tmp_path_factory.mktemp('reference'))
-    launch.train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
+    apis.train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
                  small_run(synthetic_ade))
     return work_dir
 
@@ -105,7 +106,7 @@ def killed_and_resumed(synthetic_ade, tmp_path_factory):
         partial=glob.glob(pattern),
         files=sorted(os.listdir(work_dir)),
         last=open(os.path.join(work_dir, 'last_checkpoint')).read())
-    launch.train([SEG_CONFIG, '--work-dir', work_dir, '--resume',
+    apis.train([SEG_CONFIG, '--work-dir', work_dir, '--resume',
                   '--cfg-options'] + small_run(synthetic_ade))
     return dict(work_dir=work_dir, after_kill=after_kill)
 
@@ -157,7 +158,7 @@ def test_auto_resume_skips_a_truncated_latest_checkpoint(reference, synthetic_ad
     assert find_resumable_checkpoint(str(tmp_path)) == str(
         tmp_path / 'iter_2.pth')
     with pytest.raises(RuntimeError, match='truncated or damaged'):
-        launch.test([SEG_CONFIG, broken, '--work-dir',
+        apis.test([SEG_CONFIG, broken, '--work-dir',
                      str(tmp_path / 'test'), '--cfg-options'] +
                     small_run(synthetic_ade))
 
@@ -171,14 +172,14 @@ def test_checkpoint_with_foreign_objects_needs_trust(reference, synthetic_ade,
     args = [SEG_CONFIG, path, '--work-dir', str(tmp_path / 'test'),
             '--cfg-options'] + small_run(synthetic_ade)
     with pytest.raises(RuntimeError, match='--trust-checkpoint'):
-        launch.test(args)
-    metrics = launch.test(args + ['--trust-checkpoint'])
+        apis.test(args)
+    metrics = apis.test(args + ['--trust-checkpoint'])
     assert 'mIoU' in metrics
 
 
 def test_missing_checkpoint_is_named(synthetic_ade, tmp_path):
     with pytest.raises(FileNotFoundError, match='nowhere.pth'):
-        launch.test([SEG_CONFIG, str(tmp_path / 'nowhere.pth'),
+        apis.test([SEG_CONFIG, str(tmp_path / 'nowhere.pth'),
                      '--cfg-options'] + small_run(synthetic_ade))
 
 
@@ -190,7 +191,7 @@ def test_nan_loss_stops_before_a_checkpoint_is_written(synthetic_ade, tmp_path):
     ]
     with pytest.raises(FloatingPointError,
                        match=r'iteration 2 \(epoch 1\): loss=nan'):
-        launch.train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
+        apis.train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
                      options)
     assert sorted(os.path.basename(p)
                   for p in glob.glob(f'{work_dir}/*.pth')) == ['iter_1.pth']
@@ -264,7 +265,7 @@ def test_two_cpu_processes_match_one_process_with_twice_the_batch(
     log = open(glob.glob(os.path.join(two, '*', '*.log'))[0]).read()
     assert 'DDP wraps the CPU model' in log
     one = str(tmp_path / 'one')
-    launch.train([config, '--work-dir', one, '--cfg-options',
+    apis.train([config, '--work-dir', one, '--cfg-options',
                   'train_dataloader.batch_size=2'] + options)
 
     initial = load(start)['state_dict']
@@ -282,7 +283,7 @@ def test_missing_dataset_directory_is_refused_before_anything_is_written(
         tmp_path):
     work_dir = tmp_path / 'work'
     with pytest.raises(FileNotFoundError, match='data_root .*nowhere'):
-        launch.train([SEG_CONFIG, '--work-dir', str(work_dir),
+        apis.train([SEG_CONFIG, '--work-dir', str(work_dir),
                       '--cfg-options'] +
                      small_run(str(tmp_path / 'nowhere')))
     assert not work_dir.exists()
@@ -294,7 +295,7 @@ def test_empty_dataset_directory_is_refused(synthetic_ade, tmp_path):
     for path in glob.glob(str(root / 'images' / 'training' / '*')):
         os.remove(path)
     with pytest.raises(ValueError, match='found no samples'):
-        launch.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
+        apis.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
                       '--cfg-options'] + small_run(str(root)))
 
 
@@ -307,7 +308,7 @@ def test_labels_beyond_num_classes_are_refused(synthetic_ade, tmp_path):
         cv2.imwrite(path, label)
     with pytest.raises(ValueError, match=r'holds class\(es\) \[199\].*'
                        r'num_classes=150'):
-        launch.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
+        apis.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
                       '--cfg-options'] + small_run(str(root)))
     assert not glob.glob(str(tmp_path / 'work' / '*.pth'))
 
@@ -319,7 +320,7 @@ def test_undecodable_images_are_skipped_and_counted(synthetic_ade, tmp_path):
     for path in images[2:]:
         open(path, 'wb').write(b'not an image')
     before = LoadImageFromFileOrSkip.skipped
-    launch.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
+    apis.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
                   '--cfg-options'] + small_run(str(root), iters=3))
     assert LoadImageFromFileOrSkip.skipped > before
     log = open(glob.glob(str(tmp_path / 'work' / '*' / '*.log'))[0]).read()
@@ -330,7 +331,7 @@ def test_undecodable_images_are_skipped_and_counted(synthetic_ade, tmp_path):
 def test_amp_on_cpu_is_refused_for_detection():
     det = os.path.join(REPO, 'configs/mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
     with pytest.raises(ValueError, match='no bfloat16 kernels'):
-        launch.train([det, '--amp'])
+        apis.train([det, '--amp'])
 
 
 def test_typo_in_a_backbone_key_is_named():
@@ -381,7 +382,7 @@ def test_testing_needs_only_the_test_data(reference, synthetic_ade,
     # directory that does not exist) is never read.
     nowhere = str(tmp_path / 'no_training_data')
     checkpoint = os.path.join(reference, f'iter_{ITERS}.pth')
-    metrics = launch.test(
+    metrics = apis.test(
         [SEG_CONFIG, checkpoint, '--work-dir',
          str(tmp_path / 'work'), '--cfg-options'] +
         seg_test_options(synthetic_ade, nowhere, synthetic_ade))
@@ -399,7 +400,7 @@ def test_missing_test_data_names_the_test_loader_key(synthetic_ade,
             FileNotFoundError,
             match=r"data_root '.*no_test_data' does not exist.*"
             r'--cfg-options test_dataloader\.dataset\.data_root=PATH'):
-        launch.test([SEG_CONFIG, str(checkpoint), '--work-dir',
+        apis.test([SEG_CONFIG, str(checkpoint), '--work-dir',
                      str(work_dir), '--cfg-options'] +
                     seg_test_options(synthetic_ade, synthetic_ade, nowhere))
     assert not work_dir.exists()
@@ -462,7 +463,7 @@ def test_a_dataset_of_undecodable_images_stops_the_run(synthetic_ade,
             RuntimeError,
             match=r'The last 100 images could not be read or decoded '
             r"\(the latest: '.*synthetic_training_\d+\.jpg'.*data is broken"):
-        launch.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
+        apis.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
                       '--cfg-options'] +
                      small_run(str(root), iters=2, warmup=1))
     assert not glob.glob(str(tmp_path / 'work' / '*.pth'))
@@ -475,7 +476,7 @@ def test_cpu_amp_is_bfloat16_only_where_the_cpu_computes_it(
     from mmengine.logging import MMLogger
     from mmengine.optim import build_optim_wrapper
 
-    from mmfca.engine import amp
+    from mmfca.engine.optimizers import amp_optim_wrapper as amp
     monkeypatch.setattr(amp, 'accelerator_available', lambda: False)
     monkeypatch.setattr(amp, 'cpu_computes_bfloat16', lambda: native)
     log_file = str(tmp_path / 'amp.log')
@@ -499,7 +500,7 @@ def test_cpu_amp_is_bfloat16_only_where_the_cpu_computes_it(
 
 
 def test_native_bfloat16_needs_the_cpu_instructions(monkeypatch):
-    from mmfca.engine.amp import cpu_computes_bfloat16
+    from mmfca.engine.optimizers import cpu_computes_bfloat16
     avx512 = {'avx2': True, 'avx512_f': True, 'avx512_bf16': False,
               'amx_bf16': False}
     for onednn, capabilities, expected in [

@@ -11,12 +11,12 @@ import torch
 from mmengine.optim import build_optim_wrapper
 from reference import official_shapes
 
-from mmfca.analysis import complexity
-from mmfca.datasets import ade20k_cpu_overrides
-from mmfca import launch
-from mmfca.engine.amp import cpu_computes_bfloat16
-from mmfca.models.checkpoint import _convert_official_key
-from mmfca.runtime import build_model, load_config
+from mmfca.utils.complexity import complexity
+from mmfca.testing import ade20k_cpu_overrides
+from mmfca import apis
+from mmfca.engine.optimizers import cpu_computes_bfloat16
+from mmfca.models.utils.checkpoint import _convert_official_key
+from mmfca.apis import build_model, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
@@ -31,7 +31,7 @@ def synthetic_overrides(root, iters=12):
 def seg_run(synthetic_ade, tmp_path_factory):
     """Train the real config for 12 iterations on the synthetic data."""
     work_dir = str(tmp_path_factory.mktemp('seg_work_dir'))
-    launch.train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
+    apis.train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
           synthetic_overrides(synthetic_ade))
     return dict(work_dir=work_dir, root=synthetic_ade,
                 checkpoint=os.path.join(work_dir, 'iter_12.pth'))
@@ -74,7 +74,7 @@ def test_test_tool_prints_and_saves_miou(seg_run, tmp_path):
 
 def test_tta_result_dump_and_drawings(seg_run, tmp_path):
     """--tta (multi-scale + flip), --out (label maps), --show-dir."""
-    metrics = launch.test([
+    metrics = apis.test([
         SEG_CONFIG, seg_run['checkpoint'], '--work-dir',
         str(tmp_path / 'work'), '--tta', '--out',
         str(tmp_path / 'preds'), '--show-dir',
@@ -112,7 +112,7 @@ def test_missing_pretrained_checkpoint_says_what_to_do(synthetic_ade,
                if not o.startswith('model.backbone.init_cfg')]
     with pytest.raises(FileNotFoundError,
                        match='fcaformer_l2_in1k.pth.*official_to_mmfca'):
-        launch.train([SEG_CONFIG, '--work-dir', str(tmp_path), '--cfg-options'] +
+        apis.train([SEG_CONFIG, '--work-dir', str(tmp_path), '--cfg-options'] +
               options)
 
 

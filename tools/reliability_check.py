@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from mmfca.datasets import (ade20k_cpu_overrides, coco_cpu_overrides,
+from mmfca.testing import (ade20k_cpu_overrides, coco_cpu_overrides,
                             make_synthetic_ade20k, make_synthetic_coco)
 from mmfca.engine.runner import find_resumable_checkpoint
 

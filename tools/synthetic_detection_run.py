@@ -11,8 +11,8 @@ pycocotools. Not part of the test suite (minutes on 2 cores).
 import argparse
 import os.path as osp
 
-from mmfca.datasets import coco_cpu_overrides, make_synthetic_coco
-from mmfca.launch import test, train
+from mmfca.testing import coco_cpu_overrides, make_synthetic_coco
+from mmfca.apis import test, train
 
 CONFIG = osp.join(
     osp.dirname(osp.dirname(osp.abspath(__file__))),

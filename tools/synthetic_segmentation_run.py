@@ -11,8 +11,8 @@ five classes present. Not part of the test suite (minutes on 2 cores).
 import argparse
 import os.path as osp
 
-from mmfca.datasets import ade20k_cpu_overrides, make_synthetic_ade20k
-from mmfca.launch import test, train
+from mmfca.testing import ade20k_cpu_overrides, make_synthetic_ade20k
+from mmfca.apis import test, train
 
 CONFIG = osp.join(
     osp.dirname(osp.dirname(osp.abspath(__file__))),

@@ -6,7 +6,7 @@
 
 Prints the metrics and saves them as test_metrics.json in the run's log dir.
 """
-from mmfca.launch import test
+from mmfca.apis import test
 
 if __name__ == '__main__':
     test()

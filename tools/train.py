@@ -4,7 +4,7 @@
                           [--auto-scale-lr] [--cfg-options k=v ...]
                           [--launcher none|pytorch|slurm|mpi]
 """
-from mmfca.launch import train
+from mmfca.apis import train
 
 if __name__ == '__main__':
     train()

@@ -9,6 +9,7 @@ import numpy as np
 from mmcv.transforms import LoadImageFromFile
 from mmengine import fileio
 from mmengine.logging import print_log
+from mmengine.registry import TRANSFORMS
 
 # What reading or decoding a broken file raises: the file backends raise
 # OSError (FileNotFoundError, PermissionError, ...); Pillow's decoder raises
@@ -19,6 +20,7 @@ from mmengine.logging import print_log
 UNREADABLE_ERRORS = (OSError, cv2.error)
 
 
+@TRANSFORMS.register_module()
 class LoadImageFromFileOrSkip(LoadImageFromFile):
     """mmcv's :class:`LoadImageFromFile`, returning None for an image that
     cannot be read or decoded, with a warning that names it.

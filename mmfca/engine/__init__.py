@@ -1,7 +1,7 @@
-from .amp import AnyDeviceAmpOptimWrapper
 from .hooks import (LabelRangeHook, NonFiniteLossHook, RNGStateHook,
                     SafeCheckpointHook)
-from .layer_decay import FcaFormerLearningRateDecayOptimizerConstructor
+from .optimizers import (AnyDeviceAmpOptimWrapper,
+                         FcaFormerLearningRateDecayOptimizerConstructor)
 from .runner import ReliableRunner, find_resumable_checkpoint
 
 __all__ = [

@@ -1,3 +1,3 @@
-from .fcaformer import FcaFormer
+from .backbones import FcaFormer
 
 __all__ = ['FcaFormer']

@@ -71,8 +71,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from mmfca.analysis import complexity, detection_samples, is_detector
-from mmfca.runtime import build_model, load_config
+from mmfca.utils.complexity import complexity, detection_samples, is_detector
+from mmfca.apis import build_model, load_config
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CLASSIFIERS = {

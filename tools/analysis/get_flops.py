@@ -3,7 +3,7 @@
     python tools/analysis/get_flops.py CONFIG [--shape H [W]]
 
 Uses mmengine's complexity counter, with the attention matmuls of
-``scaled_dot_product_attention`` counted (see mmfca/analysis.py). Works for
+``scaled_dot_product_attention`` counted (see mmfca/utils/complexity.py). Works for
 mmpretrain, mmseg and mmdet configs (the config's default_scope decides),
 including the codebases' own configs as ``mmseg::path/to/config.py``.
 
@@ -16,8 +16,8 @@ import argparse
 import torch
 from mmengine.config import DictAction
 
-from mmfca.analysis import complexity, keep_all_proposals
-from mmfca.runtime import build_model, load_config
+from mmfca.utils.complexity import complexity, keep_all_proposals
+from mmfca.apis import build_model, load_config
 
 
 def parse_args():

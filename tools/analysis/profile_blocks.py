@@ -36,7 +36,7 @@ from collections import defaultdict
 import torch
 
 from mmfca.models import FcaFormer
-from mmfca.models.fcaformer import FcaStage
+from mmfca.models.backbones.fcaformer import FcaStage
 
 PARTS = ('stem', 'ConvNeXt stages', 'downsample', 'attention', 'TME', 'FFN',
          'stage glue', 'output norms')

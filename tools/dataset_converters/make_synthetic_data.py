@@ -12,7 +12,7 @@ ImageNet layout, four classes. Train and test on them with the
 """
 import argparse
 
-from mmfca.datasets import (make_synthetic_ade20k, make_synthetic_coco,
+from mmfca.testing import (make_synthetic_ade20k, make_synthetic_coco,
                             make_synthetic_imagenet)
 
 MAKERS = {

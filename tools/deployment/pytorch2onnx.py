@@ -9,7 +9,7 @@ A classifier config exports the whole model (images -> logits).
 ``--dense`` exports the backbone of a segmentation or detection config
 (images -> stage outputs). Without ``--dynamic`` the file is for the
 ``--shape`` size only; with it, batch, height and width are dynamic (the
-TorchScript-based exporter; see mmfca/deploy.py) and ``--check-shape``
+TorchScript-based exporter; see mmfca/deployment/onnx.py) and ``--check-shape``
 sizes are compared as well, e.g.
 
     python tools/deployment/pytorch2onnx.py \
@@ -26,8 +26,8 @@ import argparse
 
 import torch
 
-from mmfca.deploy import check_onnx, export_onnx
-from mmfca.runtime import build_model, load_config
+from mmfca.deployment import check_onnx, export_onnx
+from mmfca.apis import build_model, load_config
 
 
 def main():

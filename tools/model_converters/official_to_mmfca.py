@@ -24,10 +24,10 @@ from typing import List, Optional
 import torch
 
 from mmfca.models import FcaFormer
-from mmfca.models.checkpoint import (convert_official_keys, describe_arch,
+from mmfca.models.utils.checkpoint import (convert_official_keys, describe_arch,
                                      infer_arch, is_official_layout,
                                      select_state_dict, top_level_names)
-from mmfca.serialization import load_weights
+from mmfca.utils.serialization import load_weights
 
 
 def expected_backbone(backbone: dict, arch: str) -> List[str]:

@@ -1,7 +1,8 @@
 """Layer-wise learning-rate decay for FcaFormer, as in the official recipes.
 
 mmseg's and mmdet's ``LearningRateDecayOptimizerConstructor`` know ConvNeXt
-and BEiT only. This subclass assigns FcaFormer parameters to layer groups
+and BEiT only. This constructor (mmengine's default one with its own
+``add_params``) assigns FcaFormer parameters to layer groups
 exactly as the official downstream code does, quirks included, expressed on
 mmfca's parameter names:
 
@@ -32,9 +33,10 @@ import json
 
 from mmengine.dist import get_dist_info
 from mmengine.logging import print_log
-from mmseg.engine.optimizers import LearningRateDecayOptimizerConstructor
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
-from ..models.layer_groups import fcaformer_layer_id
+from ...models.utils.layer_groups import fcaformer_layer_id
 
 DECAY_TYPES = ('stage_wise', 'layer_wise_cab')
 
@@ -50,8 +52,9 @@ def fcaformer_no_weight_decay(name: str, param, decay_type: str) -> bool:
     return False
 
 
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class FcaFormerLearningRateDecayOptimizerConstructor(
-        LearningRateDecayOptimizerConstructor):
+        DefaultOptimWrapperConstructor):
     """Learning-rate decay over FcaFormer's stages or layers.
 
     ``paramwise_cfg`` takes ``decay_rate``, ``decay_type`` ('stage_wise' as

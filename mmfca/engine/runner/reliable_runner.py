@@ -14,14 +14,15 @@ import torch.distributed as torch_dist
 from mmengine.dist import is_distributed
 from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
+from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from ..datasets.checks import (check_dataloader_paths, check_not_empty,
+from ...datasets.checks import (check_dataloader_paths, check_not_empty,
                                explain_build_error)
-from ..datasets.transforms import LoadImageFromFileOrSkip
-from ..serialization import register_safe_globals
-from .amp import accelerator_available
-from .hooks import (LabelRangeHook, NonFiniteLossHook, RNGStateHook,
+from ...datasets.transforms import LoadImageFromFileOrSkip
+from ...utils.serialization import register_safe_globals
+from ..optimizers.amp_optim_wrapper import accelerator_available
+from ..hooks import (LabelRangeHook, NonFiniteLossHook, RNGStateHook,
                     SafeCheckpointHook)
 
 GUARD_HOOKS = (RNGStateHook, NonFiniteLossHook, LabelRangeHook)
@@ -104,6 +105,7 @@ def _weights_only(enabled: bool):
             os.environ[key] = before
 
 
+@RUNNERS.register_module()
 class ReliableRunner(Runner):
     """:class:`mmengine.runner.Runner` for runs that can be killed, that
     run on CPU-only machines, and that refuse bad input early.

@@ -17,9 +17,9 @@ from typing import Dict, List, Optional
 from mmengine.config import ConfigDict, DictAction
 from mmengine.logging import print_log
 
-from .datasets.checks import check_dataloader_paths
-from .engine.amp import accelerator_available
-from .runtime import load_config, register_scope
+from ..datasets.checks import check_dataloader_paths
+from ..engine.optimizers.amp_optim_wrapper import accelerator_available
+from .config import load_config, register_scope
 
 AMP_WRAPPERS = ('AmpOptimWrapper', 'AnyDeviceAmpOptimWrapper')
 LAUNCHERS = ['none', 'pytorch', 'slurm', 'mpi']
@@ -102,7 +102,7 @@ def _prepare(args) -> 'Config':  # noqa: F821
     if args.trust_checkpoint:
         cfg.trust_checkpoint = True
     # ReliableRunner: atomic checkpoints with RNG states, CPU distributed
-    # training, early errors for bad data (see mmfca/engine/runner.py).
+    # training, early errors for bad data (see mmfca/engine/runner/reliable_runner.py).
     cfg.setdefault('runner_type', 'ReliableRunner')
     _set_work_dir(cfg, args.config, args.work_dir)
     if 'visualizer' in cfg:

@@ -16,8 +16,8 @@ from timm.models import (build_model_with_cfg, generate_default_cfgs,
                          register_model)
 from timm.models._features import feature_take_indices
 
-from .models import FcaFormer
-from .models.checkpoint import (check_backbone_coverage,
+from .backbones import FcaFormer
+from .utils.checkpoint import (check_backbone_coverage,
                                 convert_official_keys, is_official_layout,
                                 select_state_dict, strip_prefix)
 

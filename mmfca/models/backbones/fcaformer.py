@@ -26,12 +26,12 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule, ModuleList, Sequential
-from mmpretrain.models.backbones.convnext import ConvNeXtBlock
-from mmpretrain.models.utils import LayerNorm2d, LayerScale
+from mmengine.registry import MODELS
+from timm.layers import LayerNorm2d
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoint import load_backbone_state_dict
-from .layer_groups import fcaformer_layer_id
+from ..utils.checkpoint import load_backbone_state_dict
+from ..utils.layer_groups import fcaformer_layer_id
 
 
 class ConvBN(nn.Sequential):
@@ -81,6 +81,82 @@ class ConvBN(nn.Sequential):
         fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
         return fused
+
+
+class LayerScale(nn.Module):
+    """Learned per-channel scale of a residual branch, on channels-last
+    tokens.
+
+    The parameter is named ``weight`` as in mmpretrain's LayerScale, which
+    our checkpoints were first written with (timm's is ``gamma``).
+
+    Args:
+        dims (int): Channels.
+        init_value (float): Initial scale; small values start each block
+            close to the identity.
+    """
+
+    def __init__(self, dims: int, init_value: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((dims, ), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block of the first two stages: 7x7 depthwise conv,
+    LayerNorm and Linear-GELU-Linear over channels (channels-last), layer
+    scale, drop path, residual.
+
+    Its parameter names are those of mmpretrain's ``ConvNeXtBlock``, which
+    mmfca first built on and which our checkpoints hold. It is defined here
+    because importing mmpretrain's block imports mmpretrain's whole model
+    package, and with it mmdet.
+
+    Args:
+        channels (int): Channels.
+        drop_path_rate (float): Stochastic depth rate of the branch.
+        layer_scale_init_value (float): Initial layer scale; 0 or less
+            leaves the branch unscaled (no ``gamma``).
+        with_cp (bool): Recompute the block in the backward pass instead of
+            storing its activations (less memory while training).
+    """
+
+    def __init__(self,
+                 channels: int,
+                 drop_path_rate: float = 0.,
+                 layer_scale_init_value: float = 1e-6,
+                 with_cp: bool = False):
+        super().__init__()
+        self.with_cp = with_cp
+        self.depthwise_conv = nn.Conv2d(
+            channels, channels, kernel_size=7, padding=3, groups=channels)
+        self.norm = LayerNorm2d(channels, eps=1e-6)
+        self.pointwise_conv1 = nn.Linear(channels, 4 * channels)
+        self.act = nn.GELU()
+        self.pointwise_conv2 = nn.Linear(4 * channels, channels)
+        self.gamma = nn.Parameter(
+            torch.full((channels, ), float(layer_scale_init_value))
+        ) if layer_scale_init_value > 0 else None
+        self.drop_path = DropPath(
+            drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.depthwise_conv(x).permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.norm.normalized_shape, self.norm.weight,
+                         self.norm.bias, self.norm.eps)
+        x = self.pointwise_conv2(self.act(self.pointwise_conv1(x)))
+        if self.gamma is not None:
+            x = x * self.gamma
+        return x.permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and x.requires_grad:
+            branch = cp.checkpoint(self._branch, x, use_reentrant=False)
+        else:
+            branch = self._branch(x)
+        return x + self.drop_path(branch)
 
 
 class ConvStem(BaseModule):
@@ -600,6 +676,7 @@ class OutputProjection(BaseModule):
         return self.norm(self.conv(x))
 
 
+@MODELS.register_module()
 class FcaFormer(BaseModule):
     """FcaFormer backbone for classification, segmentation and detection.
 
@@ -972,7 +1049,7 @@ class FcaFormer(BaseModule):
         ``LearningRateDecayOptimWrapperConstructor``.
 
         The groups are the official layer-wise ones of the detection recipe
-        (``layer_wise_cab``, see :mod:`mmfca.engine.layer_decay`) over 6
+        (``layer_wise_cab``, see :mod:`mmfca.engine.optimizers.layer_decay_optim_wrapper_constructor`) over 6
         layers, or 12 when stage 3 is deeper than 9 blocks (L3, L4); the
         plain 'l0' has one depth per block.
 

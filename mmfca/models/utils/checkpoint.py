@@ -25,7 +25,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from mmengine.logging import print_log
 
-from ..serialization import load_weights
+from ...utils.serialization import load_weights
 
 # Official name of a block part in the transformer stages -> ours.
 _FCA_BLOCK_KEYS = [
@@ -228,7 +228,7 @@ def infer_arch(
         ``num_heads``, ``patch_size`` for a plain model; empty without any
         ``stages.*`` key).
     """
-    from .fcaformer import FcaFormer
+    from ..backbones.fcaformer import FcaFormer
     stage_ids = {int(m.group(1)) for m in (re.match(r'stages\.(\d+)\.', k)
                                            for k in state_dict) if m}
     if not stage_ids:

@@ -1,0 +1,3 @@
+from .fcaformer import FcaFormer
+
+__all__ = ['FcaFormer']

@@ -1,0 +1,5 @@
+from .complexity import complexity
+from .serialization import load_weights, register_safe_globals, safe_globals
+
+__all__ = ['complexity', 'load_weights', 'register_safe_globals',
+           'safe_globals']
