@@ -16,14 +16,13 @@ import difflib
 import inspect
 import math
 import re
-from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from mmcv.cnn import build_norm_layer
+from mmcv.cnn import ConvModule, fuse_conv_bn
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule, ModuleList, Sequential
 from mmengine.registry import MODELS
@@ -34,8 +33,14 @@ from ..utils.checkpoint import load_backbone_state_dict
 from ..utils.layer_groups import fcaformer_layer_id
 
 
-class ConvBN(nn.Sequential):
-    """A bias-free convolution followed by a norm layer (BatchNorm).
+class ConvBN(ConvModule):
+    """mmcv's :class:`~mmcv.cnn.ConvModule` as a bias-free convolution and
+    a BatchNorm, no activation, with "same" padding.
+
+    Its keys are ``conv.*`` and ``bn.*`` (mmcv's name for BN and SyncBN
+    layers), those of the official conversion; another norm type gets
+    mmcv's name for it. :meth:`FcaFormer.switch_to_deploy` folds the pair
+    with mmcv's :func:`~mmcv.cnn.fuse_conv_bn`.
 
     Args:
         in_channels (int): Input channels.
@@ -54,33 +59,21 @@ class ConvBN(nn.Sequential):
                  groups: int = 1,
                  norm_cfg: dict = dict(type='BN')):
         super().__init__(
-            OrderedDict(
-                conv=nn.Conv2d(
-                    in_channels,
-                    out_channels,
-                    kernel_size,
-                    stride=stride,
-                    padding=kernel_size // 2,
-                    groups=groups,
-                    bias=False),
-                bn=build_norm_layer(norm_cfg, out_channels)[1]))
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False,
+            norm_cfg=norm_cfg,
+            act_cfg=None)
 
-    @torch.no_grad()
-    def fuse(self) -> nn.Conv2d:
-        """One convolution with bias equal to this pair in eval mode."""
-        conv, bn = self.conv, self.bn
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        fused = nn.Conv2d(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            groups=conv.groups,
-            bias=True).to(conv.weight.device)
-        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        fused.bias.copy_(bn.bias - bn.running_mean * scale)
-        return fused
+    def init_weights(self) -> None:
+        """Leave the weights to :class:`FcaFormer`'s ``init_cfg`` (the
+        official truncated normal). mmcv's Kaiming initialisation would run
+        after it: mmengine calls the children's ``init_weights`` after the
+        parent's ``init_cfg``."""
 
 
 class LayerScale(nn.Module):
@@ -1027,9 +1020,10 @@ class FcaFormer(BaseModule):
     @torch.no_grad()
     def switch_to_deploy(self) -> 'FcaFormer':
         """Prepare for inference, as mmpretrain's LeViT and RepVGG do: fold
-        every conv + BatchNorm pair into one convolution and precompute the
-        attention bias masks. Outputs equal eval-mode outputs (up to float
-        rounding); the model can no longer be trained or load checkpoints.
+        every conv + BatchNorm pair into one convolution (mmcv's
+        :func:`~mmcv.cnn.fuse_conv_bn`) and precompute the attention bias
+        masks. Outputs equal eval-mode outputs (up to float rounding); the
+        model can no longer be trained or load checkpoints.
 
         Returns:
             FcaFormer: ``self``, in eval mode.
@@ -1038,7 +1032,10 @@ class FcaFormer(BaseModule):
         for module in list(self.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, ConvBN):
-                    setattr(module, name, child.fuse())
+                    fuse_conv_bn(child)
+                    if isinstance(child.norm, nn.Identity):
+                        # Folded: the convolution alone replaces the pair.
+                        setattr(module, name, child.conv)
             if isinstance(module, ForwardCrossAttention):
                 module.precompute_bias()
         self.deploy = True
