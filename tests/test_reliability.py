@@ -515,3 +515,17 @@ def test_native_bfloat16_needs_the_cpu_instructions(monkeypatch):
         monkeypatch.setattr(torch.cpu, 'get_capabilities',
                             lambda: capabilities)
         assert cpu_computes_bfloat16() == expected, (onednn, capabilities)
+
+
+def test_undecodable_bytes_are_skipped_and_ignore_empty_is_refused(
+        tmp_path):
+    # OpenCV returns no image for these bytes (no exception): mmcv's
+    # "failed to load image" is the one AssertionError that means a skip.
+    garbage = tmp_path / 'garbage.jpg'
+    garbage.write_bytes(b'not an image')
+    before = LoadImageFromFileOrSkip.skipped
+    assert LoadImageFromFileOrSkip().transform(
+        dict(img_path=str(garbage))) is None
+    assert LoadImageFromFileOrSkip.skipped == before + 1
+    with pytest.raises(ValueError, match='Remove ignore_empty'):
+        LoadImageFromFileOrSkip(ignore_empty=True)

@@ -4,20 +4,20 @@ from collections import deque
 from typing import Optional
 
 import cv2
-import mmcv
-import numpy as np
 from mmcv.transforms import LoadImageFromFile
-from mmengine import fileio
 from mmengine.logging import print_log
 from mmengine.registry import TRANSFORMS
 
 # What reading or decoding a broken file raises: the file backends raise
 # OSError (FileNotFoundError, PermissionError, ...); Pillow's decoder raises
 # OSError too (UnidentifiedImageError, truncated files); OpenCV's raises
-# cv2.error on an empty file and returns None on bytes it cannot decode.
-# A wrong argument (an unknown color_type or imdecode_backend) raises
-# KeyError or ValueError and is not one of them.
+# cv2.error on an empty file and returns None on bytes it cannot decode
+# (see DECODE_FAILED). A wrong argument (an unknown color_type or
+# imdecode_backend) raises KeyError or ValueError and is not one of them.
 UNREADABLE_ERRORS = (OSError, cv2.error)
+# mmcv's message when the decoder returned no image (an assert in
+# LoadImageFromFile.transform; verified with mmcv 2.1.0).
+DECODE_FAILED = 'failed to load image: {}'
 
 
 @TRANSFORMS.register_module()
@@ -45,8 +45,10 @@ class LoadImageFromFileOrSkip(LoadImageFromFile):
             with 80% of the images broken, a run of failures reaches 100
             with a chance of 0.8**100 (2e-10). Keep it below the dataset's
             ``max_refetch`` (mmengine's default: 1000). Defaults to 100.
-        **kwargs: As :class:`LoadImageFromFile`. ``ignore_empty`` has no
-            effect: unreadable images are always skipped.
+        **kwargs: As :class:`LoadImageFromFile`, except ``ignore_empty``:
+            unreadable images are always skipped, and mmcv's
+            ``ignore_empty=True`` would also turn every other error into a
+            silent skip, so it is refused.
     """
 
     skipped = 0
@@ -54,6 +56,11 @@ class LoadImageFromFileOrSkip(LoadImageFromFile):
     its own)."""
 
     def __init__(self, max_failures_in_a_row: int = 100, **kwargs):
+        if kwargs.get('ignore_empty'):
+            raise ValueError(
+                'LoadImageFromFileOrSkip skips the images that cannot be '
+                'read or decoded, and only those; ignore_empty=True would '
+                'also skip images on any other error. Remove ignore_empty.')
         super().__init__(**kwargs)
         if max_failures_in_a_row < 1:
             raise ValueError(f'max_failures_in_a_row must be at least 1, '
@@ -65,30 +72,18 @@ class LoadImageFromFileOrSkip(LoadImageFromFile):
     def transform(self, results: dict) -> Optional[dict]:
         filename = results['img_path']
         try:
-            img_bytes = self._read(filename)
-            img = mmcv.imfrombytes(
-                img_bytes, flag=self.color_type, backend=self.imdecode_backend)
+            results = super().transform(results)
         except UNREADABLE_ERRORS as err:
             # One line: OpenCV's messages end with a newline.
             message = ' '.join(str(err).split())
             return self._skip(filename, f'{type(err).__name__}: {message}')
-        if img is None:
+        except AssertionError as err:
+            if str(err) != DECODE_FAILED.format(filename):
+                raise
             return self._skip(filename,
                               f'{self.imdecode_backend} cannot decode it')
         self._failures_in_a_row = 0
-        if self.to_float32:
-            img = img.astype(np.float32)
-        results['img'] = img
-        results['img_shape'] = img.shape[:2]
-        results['ori_shape'] = img.shape[:2]
         return results
-
-    def _read(self, filename: str) -> bytes:
-        """The file's bytes, as :class:`LoadImageFromFile` reads them."""
-        if self.file_client_args is not None:
-            return fileio.FileClient.infer_client(self.file_client_args,
-                                                  filename).get(filename)
-        return fileio.get(filename, backend_args=self.backend_args)
 
     def _skip(self, filename: str, reason: str) -> None:
         type(self).skipped += 1

@@ -10,6 +10,7 @@ from mmengine.device import (is_cuda_available, is_mlu_available,
 from mmengine.logging import print_log
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
+from mmengine.runner.amp import autocast
 
 
 def accelerator_available() -> bool:
@@ -47,7 +48,8 @@ class AnyDeviceAmpOptimWrapper(AmpOptimWrapper):
 
     mmengine's wrapper asserts a GPU (or NPU/MLU/MUSA), so AMP configs
     cannot even be built on a CPU. On a CPU this wrapper trains in
-    ``torch.autocast('cpu', dtype=torch.bfloat16)`` (float16 has no useful
+    bfloat16 autocast (mmengine's :func:`~mmengine.runner.amp.autocast` on
+    the CPU, which is :func:`torch.autocast` there; float16 has no useful
     CPU kernels, and bfloat16 needs no loss scaling) where the CPU has
     bfloat16 arithmetic (:func:`cpu_computes_bfloat16`: AVX512-BF16, AMX,
     Arm BF16). Elsewhere bfloat16 is emulated, several times slower than
@@ -140,6 +142,8 @@ class AnyDeviceAmpOptimWrapper(AmpOptimWrapper):
             with super().optim_context(model):
                 yield
             return
-        with OptimWrapper.optim_context(self, model), torch.autocast(
-                'cpu', dtype=torch.bfloat16, enabled=self.cpu_autocast):
+        with OptimWrapper.optim_context(self, model), autocast(
+                device_type='cpu',
+                dtype=torch.bfloat16,
+                enabled=self.cpu_autocast):
             yield

@@ -15,7 +15,7 @@ from mmengine.dist import is_distributed
 from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.runner import Runner, find_latest_checkpoint
 
 from ...datasets.checks import (check_dataloader_paths, check_not_empty,
                                explain_build_error)
@@ -49,9 +49,10 @@ def _step_of(path: str) -> int:
 def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     """The latest intact checkpoint of a run.
 
-    ``work_dir/last_checkpoint`` names it; when that file is missing, empty
-    or names a damaged checkpoint, the newest intact ``*.pth`` next to it
-    (or in ``work_dir``) is taken instead, with a warning.
+    mmengine's :func:`~mmengine.runner.find_latest_checkpoint` reads it from
+    ``work_dir/last_checkpoint``; when that file is missing, empty or names
+    a damaged checkpoint, the newest intact ``*.pth`` next to it (or in
+    ``work_dir``) is taken instead, with a warning.
 
     Args:
         work_dir (str): The run's work directory.
@@ -59,11 +60,7 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     Returns:
         str | None: A checkpoint path, or None if there is none.
     """
-    record = osp.join(work_dir, 'last_checkpoint')
-    recorded = ''
-    if osp.isfile(record):
-        with open(record) as file:
-            recorded = file.read().strip()
+    recorded = find_latest_checkpoint(work_dir) or ''
     if recorded and is_intact_checkpoint(recorded):
         return recorded
     folder = osp.dirname(recorded) if recorded else work_dir
