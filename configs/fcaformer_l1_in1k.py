@@ -2,5 +2,4 @@
 _base_ = ['./_base_/fcaformer_in1k.py']
 
 model = dict(
-    backbone=dict(arch='l1', drop_path_rate=0.0),
-    head=dict(in_channels=320))
+    backbone=dict(arch='l1', drop_path_rate=0.0), head=dict(in_channels=320))

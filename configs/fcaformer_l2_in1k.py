@@ -2,5 +2,4 @@
 _base_ = ['./_base_/fcaformer_in1k.py']
 
 model = dict(
-    backbone=dict(arch='l2', drop_path_rate=0.1),
-    head=dict(in_channels=480))
+    backbone=dict(arch='l2', drop_path_rate=0.1), head=dict(in_channels=480))

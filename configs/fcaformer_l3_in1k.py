@@ -2,5 +2,4 @@
 _base_ = ['./_base_/fcaformer_in1k.py']
 
 model = dict(
-    backbone=dict(arch='l3', drop_path_rate=0.2),
-    head=dict(in_channels=512))
+    backbone=dict(arch='l3', drop_path_rate=0.2), head=dict(in_channels=512))

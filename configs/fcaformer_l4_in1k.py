@@ -2,5 +2,4 @@
 _base_ = ['./_base_/fcaformer_in1k.py']
 
 model = dict(
-    backbone=dict(arch='l4', drop_path_rate=0.4),
-    head=dict(in_channels=768))
+    backbone=dict(arch='l4', drop_path_rate=0.4), head=dict(in_channels=768))

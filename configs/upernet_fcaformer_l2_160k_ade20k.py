@@ -6,33 +6,18 @@ _base_ = [
     'mmseg::_base_/datasets/ade20k.py',
     'mmseg::_base_/default_runtime.py',
     'mmseg::_base_/schedules/schedule_160k.py',
+    './_base_/mmfca_runtime.py',
+    './_base_/models/fcaformer_l2_dense.py',
 ]
 custom_imports = dict(imports=['mmfca'], allow_failed_imports=False)
-# mmengine's Runner plus atomic checkpoints with RNG states (exact resume),
-# CPU distributed training and early errors for bad data.
-runner_type = 'ReliableRunner'
-
-# ImageNet-pretrained FcaFormer-L2. Any of: an official ImageNet checkpoint
-# as it is, its conversion (tools/model_converters/official_to_mmfca.py), or
-# a checkpoint of `tools/train.py configs/fcaformer_l2_in1k.py`. Override
-# with --cfg-options model.backbone.init_cfg.checkpoint=PATH.
-pretrained = 'checkpoints/fcaformer_l2_in1k.pth'
+default_hooks = _base_.mmfca_hooks
 
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
 model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(
-        _delete_=True,
-        type='FcaFormer',
-        arch='l2',
-        out_indices=(0, 1, 2, 3),
-        # Widened as the official segmentation backbone.
-        out_channels=(96, 192, 384, 768),
-        drop_path_rate=0.1,
-        layer_scale_init_value=1.0,
-        init_cfg=dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+        _base_.fcaformer_l2_dense, _delete_=True, drop_path_rate=0.1),
     decode_head=dict(in_channels=[96, 192, 384, 768], num_classes=150),
     auxiliary_head=dict(in_channels=384, num_classes=150),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)),
@@ -53,8 +38,7 @@ optim_wrapper = dict(
 # Linear warm-up for 1500 iterations, then poly (power 1).
 param_scheduler = [
     dict(
-        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0,
-        end=1500),
+        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(
         type='PolyLR',
         power=1.0,
@@ -64,7 +48,14 @@ param_scheduler = [
         by_epoch=False),
 ]
 
-train_dataloader = dict(batch_size=2)
+# Training skips an image that cannot be read or decoded, with a counted
+# warning naming it (100 failures in a row stop the run).
+train_pipeline = [
+    dict(step, type='LoadImageFromFileOrSkip')
+    if step.type == 'LoadImageFromFile' else step
+    for step in _base_.train_pipeline
+]
+train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
 

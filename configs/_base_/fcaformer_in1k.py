@@ -10,11 +10,10 @@ _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
     'mmpretrain::_base_/default_runtime.py',
+    './mmfca_runtime.py',
 ]
 custom_imports = dict(imports=['mmfca'], allow_failed_imports=False)
-# mmengine's Runner plus atomic checkpoints with RNG states (exact resume),
-# CPU distributed training and early errors for bad data.
-runner_type = 'ReliableRunner'
+default_hooks = _base_.mmfca_hooks
 
 model = dict(
     type='ImageClassifier',
@@ -41,7 +40,14 @@ model = dict(
 )
 
 # 8 GPUs x 128 images, lr 2e-3 for the total batch of 1024 (official).
-train_dataloader = dict(batch_size=128)
+# Training skips an image that cannot be read or decoded, with a counted
+# warning naming it (100 failures in a row stop the run).
+train_pipeline = [
+    dict(step, type='LoadImageFromFileOrSkip')
+    if step.type == 'LoadImageFromFile' else step
+    for step in _base_.train_pipeline
+]
+train_dataloader = dict(batch_size=128, dataset=dict(pipeline=train_pipeline))
 optim_wrapper = dict(optimizer=dict(lr=2e-3), clip_grad=None)
 param_scheduler = [
     dict(

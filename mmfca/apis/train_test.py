@@ -101,8 +101,9 @@ def _prepare(args) -> 'Config':  # noqa: F821
     cfg.launcher = args.launcher
     if args.trust_checkpoint:
         cfg.trust_checkpoint = True
-    # ReliableRunner: atomic checkpoints with RNG states, CPU distributed
-    # training, early errors for bad data (see mmfca/engine/runner/reliable_runner.py).
+    # mmfca's configs name ReliableRunner (configs/_base_/mmfca_runtime.py);
+    # the codebases' own configs get it too, for CPU distributed training
+    # and the checkpoint-loading guards.
     cfg.setdefault('runner_type', 'ReliableRunner')
     _set_work_dir(cfg, args.config, args.work_dir)
     if 'visualizer' in cfg:

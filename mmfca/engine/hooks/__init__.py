@@ -1,8 +1,7 @@
 """Hooks that make training runs safe to interrupt and quick to fail.
 
-:class:`~mmfca.engine.runner.ReliableRunner` installs all four; with the
-stock Runner they can be listed in ``custom_hooks`` (and the checkpoint hook
-in ``default_hooks.checkpoint``).
+mmfca's configs merge all four into ``default_hooks`` (``mmfca_hooks`` of
+``configs/_base_/mmfca_runtime.py``); they work with the stock Runner too.
 """
 from .checkpoint_hook import SafeCheckpointHook
 from .guard_hooks import LabelRangeHook, NonFiniteLossHook

@@ -1,5 +1,4 @@
 """mmengine's Runner, made safe to interrupt and usable without a GPU."""
-import copy
 import datetime
 import logging
 import os
@@ -19,14 +18,8 @@ from mmengine.runner import Runner, find_latest_checkpoint
 
 from ...datasets.checks import (check_dataloader_paths, check_not_empty,
                                explain_build_error)
-from ...datasets.transforms import LoadImageFromFileOrSkip
 from ...utils.serialization import register_safe_globals
 from ..optimizers.amp_optim_wrapper import accelerator_available
-from ..hooks import (LabelRangeHook, NonFiniteLossHook, RNGStateHook,
-                    SafeCheckpointHook)
-
-GUARD_HOOKS = (RNGStateHook, NonFiniteLossHook, LabelRangeHook)
-IMAGE_LOADERS = ('LoadImageFromFile', 'mmcv.LoadImageFromFile')
 
 
 def is_intact_checkpoint(path: str) -> bool:
@@ -109,10 +102,10 @@ class ReliableRunner(Runner):
 
     In addition to the stock Runner:
 
-    - Checkpoints are written atomically (:class:`SafeCheckpointHook`) and
-      hold the random generator states (:class:`RNGStateHook`): a run
-      killed at any moment and resumed ends as the uninterrupted run.
-      ``--resume`` without a path skips a damaged latest checkpoint.
+    - ``--resume`` without a path skips a damaged latest checkpoint. With
+      the hooks of ``configs/_base_/mmfca_runtime.py`` (atomic
+      :class:`SafeCheckpointHook`, :class:`RNGStateHook`), a run killed at
+      any moment and resumed ends as the uninterrupted run.
     - Checkpoints load with torch's ``weights_only`` default; a file holding
       other Python objects is refused with a clear message unless the
       config sets ``trust_checkpoint = True`` (``--trust-checkpoint``).
@@ -121,12 +114,16 @@ class ReliableRunner(Runner):
       ``torch.cuda.set_device``), SyncBN layers become BN (SyncBN has no
       CPU kernel) and DDP wraps the model without device ids. On GPUs the
       stock path runs unchanged.
-    - Training stops at the first NaN/inf loss (:class:`NonFiniteLossHook`)
-      and at labels beyond ``num_classes`` (:class:`LabelRangeHook`).
     - Datasets: missing paths (of the datasets the run reads: testing needs
       no training data), empty datasets and non-COCO annotation files are
-      refused with the key to fix; training pipelines skip images that
-      cannot be read or decoded (:class:`LoadImageFromFileOrSkip`).
+      refused with the key to fix. mmfca's ``tools/train.py`` and
+      ``tools/test.py`` check the paths before the runner exists; the
+      runner checks them again for the codebases' own tools, which build
+      it from the config without those checks.
+
+    The hooks come from the config, not from the runner: mmfca's configs
+    merge ``mmfca_hooks`` of ``configs/_base_/mmfca_runtime.py`` into
+    ``default_hooks``.
 
     Arguments are those of :class:`~mmengine.runner.Runner`.
     """
@@ -134,9 +131,6 @@ class ReliableRunner(Runner):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.trust_checkpoint = bool(self.cfg.get('trust_checkpoint', False))
-        if isinstance(self._train_dataloader, dict):
-            self._train_dataloader = copy.deepcopy(self._train_dataloader)
-            _skip_undecodable(self._train_dataloader.get('dataset'))
 
     def train(self):
         self._check_paths('train')
@@ -206,21 +200,6 @@ class ReliableRunner(Runner):
                 'MMDistributedDataParallel; remove model_wrapper_cfg.type.')
         return MMDistributedDataParallel(module=model, **cfg)
 
-    def register_hooks(self,
-                       default_hooks: Optional[dict] = None,
-                       custom_hooks: Optional[list] = None) -> None:
-        default_hooks = dict(default_hooks or {})
-        checkpoint = default_hooks.get('checkpoint', dict(interval=1))
-        if isinstance(checkpoint, dict) and checkpoint.get(
-                'type', 'CheckpointHook') in ('CheckpointHook',
-                                              'mmengine.CheckpointHook'):
-            default_hooks['checkpoint'] = dict(
-                checkpoint, type=SafeCheckpointHook)
-        super().register_hooks(default_hooks, custom_hooks)
-        for hook_type in GUARD_HOOKS:
-            if not any(isinstance(hook, hook_type) for hook in self._hooks):
-                self.register_hook(hook_type())
-
     @staticmethod
     def build_dataloader(dataloader,
                          seed: Optional[int] = None,
@@ -279,16 +258,3 @@ class ReliableRunner(Runner):
                     f'--resume without a path to pick the latest intact '
                     f'one.') from err
             raise
-
-
-def _skip_undecodable(dataset_cfg) -> None:
-    """Use :class:`LoadImageFromFileOrSkip` in place of mmcv's image loader
-    in a training dataset config (and the datasets it wraps)."""
-    if not isinstance(dataset_cfg, dict):
-        return
-    for step in dataset_cfg.get('pipeline', None) or []:
-        if isinstance(step, dict) and step.get('type') in IMAGE_LOADERS:
-            step['type'] = LoadImageFromFileOrSkip
-    _skip_undecodable(dataset_cfg.get('dataset'))
-    for inner in dataset_cfg.get('datasets', None) or []:
-        _skip_undecodable(inner)
