@@ -8,6 +8,8 @@ from mmcv.transforms import LoadImageFromFile
 from mmengine.logging import print_log
 from mmengine.registry import TRANSFORMS
 
+from ..utils.versions import check_verified
+
 # What reading or decoding a broken file raises: the file backends raise
 # OSError (FileNotFoundError, PermissionError, ...); Pillow's decoder raises
 # OSError too (UnidentifiedImageError, truncated files); OpenCV's raises
@@ -18,6 +20,7 @@ UNREADABLE_ERRORS = (OSError, cv2.error)
 # mmcv's message when the decoder returned no image (an assert in
 # LoadImageFromFile.transform; verified with mmcv 2.1.0).
 DECODE_FAILED = 'failed to load image: {}'
+check_verified('mmcv', "LoadImageFromFile's message for an undecodable image")
 
 
 @TRANSFORMS.register_module()

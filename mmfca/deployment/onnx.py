@@ -6,41 +6,31 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..utils.tensor_forward import TensorForward
 
-class ExportWrapper(nn.Module):
-    """What is exported: the classifier (images -> logits) or, ``dense``,
-    the backbone (images -> stage outputs).
+
+def prepared(model: nn.Module,
+             dense: bool,
+             device: Union[str, torch.device] = 'cpu') -> TensorForward:
+    """Evaluation mode, deploy-mode backbone, on ``device``, wrapped for
+    export: the classifier (images -> logits) or, ``dense``, the backbone
+    (images -> stage outputs). The backbone is folded first and then moved,
+    so every tensor its forward uses (folded convolutions, bias masks) ends
+    on ``device``.
 
     Args:
         model (nn.Module): An mmpretrain classifier, or a segmentor /
             detector whose backbone is FcaFormer.
         dense (bool): Export only the backbone.
-    """
-
-    def __init__(self, model: nn.Module, dense: bool):
-        super().__init__()
-        self.model = model
-        self.dense = dense
-
-    def forward(self, images: torch.Tensor):
-        if self.dense:
-            return self.model.backbone(images)
-        return self.model(images, mode='tensor')
-
-
-def prepared(model: nn.Module,
-             dense: bool,
-             device: Union[str, torch.device] = 'cpu') -> ExportWrapper:
-    """Evaluation mode, deploy-mode backbone, on ``device``, wrapped for
-    export. The backbone is folded first and then moved, so every tensor
-    its forward uses (folded convolutions, bias masks) ends on ``device``.
+        device (str | torch.device): Where the model goes.
     """
     model.eval()
     backbone = getattr(model, 'backbone', None)
     if backbone is not None and hasattr(backbone, 'switch_to_deploy') and \
             not backbone.deploy:
         backbone.switch_to_deploy()
-    return ExportWrapper(model, dense).to(device).eval()
+    output = 'backbone' if dense else 'tensor'
+    return TensorForward(model, output).to(device).eval()
 
 
 def export_onnx(model: nn.Module,
@@ -52,7 +42,7 @@ def export_onnx(model: nn.Module,
     """Export to ``path``.
 
     Args:
-        model (nn.Module): See :class:`ExportWrapper`.
+        model (nn.Module): See :func:`prepared`.
         path (str): Output .onnx file.
         shape (tuple[int, int]): Input height and width of the example
             input (with ``dynamic``, any size works).
@@ -72,10 +62,7 @@ def export_onnx(model: nn.Module,
     with torch.no_grad(), warnings.catch_warnings():
         if not dynamic:
             torch.onnx.export(
-                wrapper, (images, ),
-                path,
-                input_names=['images'],
-                dynamo=True)
+                wrapper, (images, ), path, input_names=['images'], dynamo=True)
             return
         # The legacy exporter is deprecated in favour of torch.export but
         # is the one that handles these dynamic shapes.

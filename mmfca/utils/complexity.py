@@ -13,6 +13,8 @@ import torch.nn as nn
 from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.analysis.jit_handles import get_shape
 
+from .tensor_forward import TensorForward
+
 
 def sdpa_macs(inputs: List[Any], outputs: List[Any]) -> int:
     """MACs of ``scaled_dot_product_attention(q, k, v)``."""
@@ -21,29 +23,6 @@ def sdpa_macs(inputs: List[Any], outputs: List[Any]) -> int:
     queries, dims = q[-2:]
     keys = k[-2]
     return batch * queries * keys * (dims + v[-1])
-
-
-def is_detector(model: nn.Module) -> bool:
-    """Whether ``model`` is an mmdet detector (its tensor mode needs
-    per-image meta information)."""
-    try:
-        from mmdet.models.detectors import BaseDetector
-    except ImportError:
-        return False
-    return isinstance(model, BaseDetector)
-
-
-def detection_samples(inputs: torch.Tensor) -> list:
-    """Per-image meta information of an unscaled, unpadded batch."""
-    from mmdet.structures import DetDataSample
-    height, width = inputs.shape[-2:]
-    meta = dict(
-        img_shape=(height, width),
-        ori_shape=(height, width),
-        pad_shape=(height, width),
-        batch_input_shape=(height, width),
-        scale_factor=(1.0, 1.0))
-    return [DetDataSample(metainfo=meta) for _ in range(inputs.shape[0])]
 
 
 def keep_all_proposals(cfg) -> None:
@@ -56,27 +35,6 @@ def keep_all_proposals(cfg) -> None:
     if rpn is not None:
         rpn.nms.iou_threshold = 1.0
         rpn.min_bbox_size = 0
-
-
-class TensorForward(nn.Module):
-    """Calls an OpenMMLab model in ``mode='tensor'`` so it can be traced.
-
-    Args:
-        model (nn.Module): An mmpretrain / mmseg / mmdet model, or any
-            module whose forward takes a batch of images.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs: torch.Tensor):
-        if is_detector(self.model):
-            return self.model(
-                inputs, detection_samples(inputs), mode='tensor')
-        if hasattr(self.model, 'data_preprocessor'):
-            return self.model(inputs, mode='tensor')
-        return self.model(inputs)
 
 
 def complexity(model: nn.Module, inputs: torch.Tensor) -> Dict[str, int]:

@@ -58,6 +58,7 @@ A JSON file and a latency-vs-MACs plot (as the paper's figure) are written.
 import argparse
 import contextlib
 import copy
+import functools
 import importlib.util
 import json
 import multiprocessing as mp
@@ -71,8 +72,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from mmfca.utils.complexity import complexity, detection_samples, is_detector
 from mmfca.apis import build_model, load_config
+from mmfca.utils import TensorForward, complexity
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CLASSIFIERS = {
@@ -99,40 +100,72 @@ AMP_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--device', default='cuda' if
-                        torch.cuda.is_available() else 'cpu',
-                        help='torch device the models run on (cpu, cuda, '
-                        'cuda:1, ...)')
-    parser.add_argument('--threads', type=int, default=2,
-                        help='CPU threads (torch.set_num_threads)')
-    parser.add_argument('--mode', choices=('deploy', 'eval'),
-                        default='deploy', help='FcaFormer models, ours and '
-                        'the official one alike: deploy = conv-BN folded, '
-                        'eval = evaluation mode, nothing folded')
-    parser.add_argument('--amp', choices=sorted(AMP_DTYPES),
-                        help='autocast to this dtype on the device type')
-    parser.add_argument('--repeat', type=int, default=20,
-                        help='timed rounds of the batch-1 latency')
-    parser.add_argument('--quick', action='store_true',
-                        help='fewer rounds, no whole-model detection run')
-    parser.add_argument('--latency-only', action='store_true',
-                        help='only the batch-1 classification latency')
-    parser.add_argument('--models', nargs='+', choices=sorted(CLASSIFIERS),
-                        default=list(CLASSIFIERS), metavar='NAME',
-                        help='classifiers to time (default: all of '
-                        f'{", ".join(CLASSIFIERS)})')
-    parser.add_argument('--compile', action='store_true',
-                        help='torch.compile every model before timing')
-    parser.add_argument('--official', help='local copy of the official '
-                        'FcaFormer repository, to time its L2 classifier')
-    parser.add_argument('--dense-windows', action='append', default=[],
-                        metavar='S3,S4', help='also time the FcaFormer-L2 '
-                        'backbone with these stage-3/4 windows (repeatable)')
-    parser.add_argument('--drift-checkpoint', help='weights of the '
-                        'UperNet FcaFormer-L2 config for the window-layout '
-                        'feature drift (default: random weights)')
-    parser.add_argument('--dense-only', action='store_true',
-                        help='only the backbone latencies')
+    parser.add_argument(
+        '--device',
+        default='cuda' if torch.cuda.is_available() else 'cpu',
+        help='torch device the models run on (cpu, cuda, '
+        'cuda:1, ...)')
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=2,
+        help='CPU threads (torch.set_num_threads)')
+    parser.add_argument(
+        '--mode',
+        choices=('deploy', 'eval'),
+        default='deploy',
+        help='FcaFormer models, ours and '
+        'the official one alike: deploy = conv-BN folded, '
+        'eval = evaluation mode, nothing folded')
+    parser.add_argument(
+        '--amp',
+        choices=sorted(AMP_DTYPES),
+        help='autocast to this dtype on the device type')
+    parser.add_argument(
+        '--repeat',
+        type=int,
+        default=20,
+        help='timed rounds of the batch-1 latency')
+    parser.add_argument(
+        '--quick',
+        action='store_true',
+        help='fewer rounds, no whole-model detection run')
+    parser.add_argument(
+        '--latency-only',
+        action='store_true',
+        help='only the batch-1 classification latency')
+    parser.add_argument(
+        '--models',
+        nargs='+',
+        choices=sorted(CLASSIFIERS),
+        default=list(CLASSIFIERS),
+        metavar='NAME',
+        help='classifiers to time (default: all of '
+        f'{", ".join(CLASSIFIERS)})')
+    parser.add_argument(
+        '--compile',
+        action='store_true',
+        help='torch.compile every model before timing')
+    parser.add_argument(
+        '--official',
+        help='local copy of the official '
+        'FcaFormer repository, to time its L2 classifier')
+    parser.add_argument(
+        '--dense-windows',
+        action='append',
+        default=[],
+        metavar='S3,S4',
+        help='also time the FcaFormer-L2 '
+        'backbone with these stage-3/4 windows (repeatable)')
+    parser.add_argument(
+        '--drift-checkpoint',
+        help='weights of the '
+        'UperNet FcaFormer-L2 config for the window-layout '
+        'feature drift (default: random weights)')
+    parser.add_argument(
+        '--dense-only',
+        action='store_true',
+        help='only the backbone latencies')
     parser.add_argument('--out', default='work_dirs/benchmark.json')
     parser.add_argument('--plot', default='work_dirs/benchmark.png')
     args = parser.parse_args(argv)
@@ -175,10 +208,8 @@ def quartiles(values: List[float]) -> Dict[str, float]:
     if len(values) == 1:
         q1 = median = q3 = values[0]
     else:
-        q1, median, q3 = statistics.quantiles(values, n=4,
-                                              method='inclusive')
-    return dict(median=median, q1=q1, q3=q3, min=min(values),
-                max=max(values))
+        q1, median, q3 = statistics.quantiles(values, n=4, method='inclusive')
+    return dict(median=median, q1=q1, q3=q3, min=min(values), max=max(values))
 
 
 def time_rounds(fns: Dict[str, Callable[[], object]],
@@ -225,17 +256,18 @@ def summarize(times: Dict[str, List[float]],
     summary = {}
     for name, values in times.items():
         ratios = {
-            reference: quartiles(
-                [a / b for a, b in zip(values, times[reference])])
+            reference:
+            quartiles([a / b for a, b in zip(values, times[reference])])
             for reference in references
             if reference in times and reference != name
         }
-        summary[name] = dict(ms=quartiles(values), runs=len(values),
-                             ratios=ratios)
+        summary[name] = dict(
+            ms=quartiles(values), runs=len(values), ratios=ratios)
     return summary
 
 
-def report(title: str, summary: Dict[str, dict],
+def report(title: str,
+           summary: Dict[str, dict],
            images: Optional[int] = None) -> None:
     """Print a table: median ms [quartiles], optionally images/s, and each
     median per-round ratio [quartiles] (range)."""
@@ -308,21 +340,11 @@ def official_l2(repo: str, mode: str) -> torch.nn.Module:
     return model
 
 
-def forward_fn(model: torch.nn.Module,
-               inputs: torch.Tensor) -> Callable[[], object]:
-    """One inference forward of ``model`` on ``inputs``, as a call."""
-    if is_detector(model):
-        samples = detection_samples(inputs)
-        return lambda: model.predict(inputs, samples)
-    if hasattr(model, 'data_preprocessor'):
-        if hasattr(model, 'inference'):  # mmseg segmentor
-            meta = [dict(img_shape=inputs.shape[-2:],
-                         ori_shape=inputs.shape[-2:],
-                         pad_shape=inputs.shape[-2:],
-                         padding_size=[0, 0, 0, 0])] * inputs.shape[0]
-            return lambda: model.inference(inputs, meta)
-        return lambda: model(inputs, mode='tensor')
-    return lambda: model(inputs)
+def forward_call(model: torch.nn.Module,
+                 inputs: torch.Tensor) -> Callable[[], object]:
+    """One inference forward of ``model`` on ``inputs``, with the
+    post-processing of detectors and segmentors, as a call."""
+    return functools.partial(TensorForward(model, 'predict'), inputs)
 
 
 def _peak_rss_child(build, amp, queue):
@@ -330,7 +352,7 @@ def _peak_rss_child(build, amp, queue):
     model = build()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.no_grad(), autocast('cpu', amp):
-        forward_fn(model, torch.randn(1, 3, 224, 224))()
+        forward_call(model, torch.randn(1, 3, 224, 224))()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     queue.put((peak - base) / 1024)
 
@@ -343,13 +365,12 @@ def peak_memory_mb(build, device: str, amp: Optional[str]) -> float:
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         with torch.no_grad(), autocast(device, amp):
-            forward_fn(model, torch.randn(1, 3, 224, 224, device=device))()
+            forward_call(model, torch.randn(1, 3, 224, 224, device=device))()
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
     context = mp.get_context('fork')
     queue = context.Queue()
-    process = context.Process(target=_peak_rss_child,
-                              args=(build, amp, queue))
+    process = context.Process(target=_peak_rss_child, args=(build, amp, queue))
     process.start()
     value = queue.get()
     process.join()
@@ -359,6 +380,7 @@ def peak_memory_mb(build, device: str, amp: Optional[str]) -> float:
 def dense_backbones(mode: str, windows=()) -> Dict[str, torch.nn.Module]:
     """FcaFormer-L2 (default windows, then each of ``windows``; in
     ``mode``), ConvNeXt-T and Swin-T backbones of the UperNet configs."""
+
     def fca(overrides=None):
         backbone = build_model(
             load_config(SEGMENTORS['UperNet FcaFormer-L2'],
@@ -368,16 +390,22 @@ def dense_backbones(mode: str, windows=()) -> Dict[str, torch.nn.Module]:
     others = {}
     for window in windows:
         others[f'FcaFormer-L2 windows {window}'] = fca({
-            'model.backbone.window_size': tuple(window),
-            'model.backbone.resize_bias_tables': True
+            'model.backbone.window_size':
+            tuple(window),
+            'model.backbone.resize_bias_tables':
+            True
         })
     convnext = build_model(load_config(
         SEGMENTORS['UperNet ConvNeXt-T'])).backbone
-    swin = build_model(load_config(
-        'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_'
-        'ade20k-512x512.py')).backbone
-    return {'FcaFormer-L2': fca(), **others, 'ConvNeXt-T': convnext,
-            'Swin-T': swin}
+    swin = build_model(
+        load_config(
+            'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_'
+            'ade20k-512x512.py')).backbone
+    return {
+        'FcaFormer-L2': fca(),
+        **others, 'ConvNeXt-T': convnext,
+        'Swin-T': swin
+    }
 
 
 def parse_windows(values):
@@ -393,8 +421,10 @@ def parse_windows(values):
 
 def classification(args, repeat, results):
     device = args.device
-    builders = {name: (lambda p=CLASSIFIERS[name]: classifier(p, args.mode))
-                for name in args.models}
+    builders = {
+        name: (lambda p=CLASSIFIERS[name]: classifier(p, args.mode))
+        for name in args.models
+    }
     if args.official:
         builders[OFFICIAL] = lambda: official_l2(args.official, args.mode)
     references = ('ConvNeXt-T', OFFICIAL)
@@ -403,14 +433,17 @@ def classification(args, repeat, results):
     for name, build in builders.items():
         model = build()
         if not args.latency_only:
-            macs[name] = complexity(copy.deepcopy(model),
-                                    torch.randn(1, 3, 224, 224))['macs'] / 1e9
+            macs[name] = complexity(
+                copy.deepcopy(model), torch.randn(1, 3, 224,
+                                                  224))['macs'] / 1e9
         models[name] = prepare(model, device, args.compile)
 
     one = torch.randn(1, 3, 224, 224, device=device)
     latency = summarize(
-        time_rounds({n: forward_fn(m, one) for n, m in models.items()},
-                    device, 5, repeat, args.amp), references)
+        time_rounds({
+            n: forward_call(m, one)
+            for n, m in models.items()
+        }, device, 5, repeat, args.amp), references)
     report('Classification latency, batch 1, 224x224', latency)
     results.update(classification_latency=latency)
     if args.latency_only:
@@ -418,17 +451,23 @@ def classification(args, repeat, results):
 
     batch = torch.randn(64, 3, 224, 224, device=device)
     throughput = summarize(
-        time_rounds({n: forward_fn(m, batch) for n, m in models.items()},
-                    device, 1, 2 if args.quick else 5, args.amp), references)
+        time_rounds({
+            n: forward_call(m, batch)
+            for n, m in models.items()
+        }, device, 1, 2 if args.quick else 5, args.amp), references)
     report('Classification, batch 64, 224x224', throughput, images=64)
     del batch, models
-    memory = {name: dict(peak_mb=peak_memory_mb(build, device, args.amp))
-              for name, build in builders.items()}
+    memory = {
+        name: dict(peak_mb=peak_memory_mb(build, device, args.amp))
+        for name, build in builders.items()
+    }
     print('\nPeak memory of a batch-1 forward (MB)')
     for name, value in memory.items():
         print(f'  {name:32s} {value["peak_mb"]:8.1f}')
-    results.update(classification_throughput=throughput,
-                   peak_memory=memory, gmacs_224=macs)
+    results.update(
+        classification_throughput=throughput,
+        peak_memory=memory,
+        gmacs_224=macs)
     return latency, macs
 
 
@@ -451,6 +490,10 @@ def backbones(args, repeat, results):
     results['backbone_latency'] = dense
 
 
+# FcaFormer's bias tables and cross-token scales (LSFs), by name ending.
+TABLES = ('position_bias', 'depth_bias', 'cross_scale')
+
+
 def randomize(model, seed=0):
     """Every parameter and BN statistic drawn at random, large enough that
     bias tables, LSFs and layer scales all change the outputs."""
@@ -462,8 +505,7 @@ def randomize(model, seed=0):
             noise = torch.randn(value.shape, generator=gen)
             if name.endswith('running_var'):
                 value.copy_(noise.abs() * 0.5 + 0.5)
-            elif value.dim() == 1 or name.endswith(
-                    ('position_bias', 'depth_bias', 'cross_scale')):
+            elif value.dim() == 1 or name.endswith(TABLES):
                 base = 1. if name.endswith(
                     ('weight', 'gamma', 'cross_scale')) else 0.
                 value.copy_(base + noise * 0.2)
@@ -484,24 +526,31 @@ def window_drift(windows, checkpoint=None, samples=4):
     default = build_model(load_config(config)).backbone
     if checkpoint:
         from mmengine.runner import load_checkpoint
-        load_checkpoint(default, checkpoint, map_location='cpu',
-                        revise_keys=[(r'^backbone\.', '')])
+        load_checkpoint(
+            default,
+            checkpoint,
+            map_location='cpu',
+            revise_keys=[(r'^backbone\.', '')])
     else:
         randomize(default)
     default.eval()
     gen = torch.Generator().manual_seed(1)
     # Smooth random images (upsampled noise), standardised like inputs.
     larger = torch.nn.functional.interpolate(
-        torch.randn(samples, 3, 68, 68, generator=gen), size=(544, 544),
-        mode='bilinear', align_corners=False)
+        torch.randn(samples, 3, 68, 68, generator=gen),
+        size=(544, 544),
+        mode='bilinear',
+        align_corners=False)
     images = larger[..., :512, :512]
 
     def distances(outs, refs):
         rel, cos = [], []
         for out, ref in zip(outs, refs):
             rel.append(float((out - ref).norm() / ref.norm()))
-            cos.append(float(torch.nn.functional.cosine_similarity(
-                out.flatten(1), ref.flatten(1)).mean()))
+            cos.append(
+                float(
+                    torch.nn.functional.cosine_similarity(
+                        out.flatten(1), ref.flatten(1)).mean()))
         return dict(relative_l2=rel, cosine=cos)
 
     results = {}
@@ -513,8 +562,10 @@ def window_drift(windows, checkpoint=None, samples=4):
             [o[..., :-c, :-c] for o, c in zip(shifted, cut)],
             [r[..., c:, c:] for r, c in zip(refs, cut)])
         for window in windows:
-            overrides = {'model.backbone.window_size': tuple(window),
-                         'model.backbone.resize_bias_tables': True}
+            overrides = {
+                'model.backbone.window_size': tuple(window),
+                'model.backbone.resize_bias_tables': True
+            }
             other = build_model(load_config(config, overrides)).backbone
             other.load_state_dict(default.state_dict())
             other.eval()
@@ -523,8 +574,9 @@ def window_drift(windows, checkpoint=None, samples=4):
           f'{"checkpoint" if checkpoint else "random weights"}; relative '
           f'L2 / cosine per output)')
     for name, value in results.items():
-        cells = '  '.join(f'{r:.3f}/{c:.3f}' for r, c in zip(
-            value['relative_l2'], value['cosine']))
+        cells = '  '.join(
+            f'{r:.3f}/{c:.3f}'
+            for r, c in zip(value['relative_l2'], value['cosine']))
         print(f'  {name:28s} {cells}')
     return results
 
@@ -543,13 +595,12 @@ def whole_models(args, results):
                                                  'switch_to_deploy'):
                 model.backbone.switch_to_deploy()
             model = prepare(model, device, compile_model=False)
-            fns[name] = forward_fn(model,
-                                   torch.randn(1, 3, *size, device=device))
+            fns[name] = forward_call(model,
+                                     torch.randn(1, 3, *size, device=device))
         reference = next(name for name in configs if 'ConvNeXt-T' in name)
-        timings = summarize(time_rounds(fns, device, 1, 3, args.amp),
-                            (reference, ))
-        report(f'Whole-model inference, batch 1, {size[0]}x{size[1]}',
-               timings)
+        timings = summarize(
+            time_rounds(fns, device, 1, 3, args.amp), (reference, ))
+        report(f'Whole-model inference, batch 1, {size[0]}x{size[1]}', timings)
         whole.update(timings)
     results['whole_model_latency'] = whole
 
@@ -558,10 +609,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     repeat = max(3, args.repeat // 4) if args.quick else args.repeat
-    results = dict(device=args.device, threads=args.threads, mode=args.mode,
-                   amp=args.amp, torch=torch.__version__,
-                   compile=args.compile, method='rounds, median of per-round '
-                   'ratios')
+    results = dict(
+        device=args.device,
+        threads=args.threads,
+        mode=args.mode,
+        amp=args.amp,
+        torch=torch.__version__,
+        compile=args.compile,
+        method='rounds, median of per-round '
+        'ratios')
     print(f'device {args.device}, {args.threads} threads, mode {args.mode}'
           f', amp {args.amp}, torch {torch.__version__}')
     if not args.dense_only:
@@ -591,8 +647,11 @@ def plot(latency, macs, path, device, threads):
     for name, value in latency.items():
         ms = value['ms']['median']
         ax.scatter(macs[name], ms)
-        ax.annotate(name, (macs[name], ms), fontsize=8,
-                    textcoords='offset points', xytext=(4, 4))
+        ax.annotate(
+            name, (macs[name], ms),
+            fontsize=8,
+            textcoords='offset points',
+            xytext=(4, 4))
     ax.set_xlabel('GMACs (224x224)')
     ax.set_ylabel('latency, batch 1 (ms)')
     ax.set_title(f'{device}, {threads} threads')

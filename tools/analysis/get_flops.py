@@ -3,9 +3,10 @@
     python tools/analysis/get_flops.py CONFIG [--shape H [W]]
 
 Uses mmengine's complexity counter, with the attention matmuls of
-``scaled_dot_product_attention`` counted (see mmfca/utils/complexity.py). Works for
-mmpretrain, mmseg and mmdet configs (the config's default_scope decides),
-including the codebases' own configs as ``mmseg::path/to/config.py``.
+``scaled_dot_product_attention`` counted (see mmfca/utils/complexity.py).
+Works for mmpretrain, mmseg and mmdet configs (the config's default_scope
+decides), including the codebases' own configs as
+``mmseg::path/to/config.py``.
 
 Two-stage detectors are counted with the RPN keeping all its proposals
 (1000 in the 3x configs) and every RoI stage seeing all of them; published
@@ -16,8 +17,8 @@ import argparse
 import torch
 from mmengine.config import DictAction
 
-from mmfca.utils.complexity import complexity, keep_all_proposals
 from mmfca.apis import build_model, load_config
+from mmfca.utils.complexity import complexity, keep_all_proposals
 
 
 def parse_args():

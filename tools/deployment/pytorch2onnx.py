@@ -26,8 +26,8 @@ import argparse
 
 import torch
 
-from mmfca.deployment import check_onnx, export_onnx
 from mmfca.apis import build_model, load_config
+from mmfca.deployment import check_onnx, export_onnx
 
 
 def main():
@@ -35,18 +35,33 @@ def main():
     parser.add_argument('config', help='config file')
     parser.add_argument('--checkpoint', help='checkpoint to load')
     parser.add_argument('--out', default='fcaformer.onnx')
-    parser.add_argument('--shape', type=int, nargs=2, default=[224, 224],
-                        help='export input height and width')
-    parser.add_argument('--dense', action='store_true',
-                        help='export the backbone (stage outputs)')
-    parser.add_argument('--dynamic', action='store_true',
-                        help='dynamic batch, height and width')
-    parser.add_argument('--check-shape', type=int, nargs=2, action='append',
-                        default=[], metavar=('H', 'W'),
-                        help='with --dynamic, also compare at this size '
-                        '(repeatable)')
-    parser.add_argument('--device', default='cpu',
-                        help='torch device to trace on (cpu, cuda, ...)')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs=2,
+        default=[224, 224],
+        help='export input height and width')
+    parser.add_argument(
+        '--dense',
+        action='store_true',
+        help='export the backbone (stage outputs)')
+    parser.add_argument(
+        '--dynamic',
+        action='store_true',
+        help='dynamic batch, height and width')
+    parser.add_argument(
+        '--check-shape',
+        type=int,
+        nargs=2,
+        action='append',
+        default=[],
+        metavar=('H', 'W'),
+        help='with --dynamic, also compare at this size '
+        '(repeatable)')
+    parser.add_argument(
+        '--device',
+        default='cpu',
+        help='torch device to trace on (cpu, cuda, ...)')
     args = parser.parse_args()
     try:
         device = torch.device(args.device)
@@ -64,13 +79,18 @@ def main():
     if args.checkpoint:
         from mmengine.runner import load_checkpoint
         load_checkpoint(model, args.checkpoint, map_location='cpu')
-    export_onnx(model, args.out, tuple(args.shape), dense=args.dense,
-                dynamic=args.dynamic, device=device)
+    export_onnx(
+        model,
+        args.out,
+        tuple(args.shape),
+        dense=args.dense,
+        dynamic=args.dynamic,
+        device=device)
     shapes = [tuple(args.shape)]
     shapes += [tuple(shape) for shape in args.check_shape]
     for shape in shapes:
-        error = check_onnx(model, args.out, shape, dense=args.dense,
-                           device=device)
+        error = check_onnx(
+            model, args.out, shape, dense=args.dense, device=device)
         print(f'{shape[0]}x{shape[1]}: max |onnxruntime (CPU) - torch '
               f'({device})| = {error:.2e}')
     print(f'saved {args.out}')

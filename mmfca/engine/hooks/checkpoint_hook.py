@@ -9,6 +9,11 @@ from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
+from ...utils.versions import check_verified, require_attribute
+
+check_verified('mmengine', 'CheckpointHook._save_checkpoint_with_step')
+require_attribute(CheckpointHook, '_save_checkpoint_with_step', 'mmengine')
+
 TMP_MARK = '.tmp-'
 
 
@@ -50,6 +55,8 @@ class SafeCheckpointHook(CheckpointHook):
         return self.file_client_args is None and isinstance(
             self.file_backend, LocalBackend)
 
+    # Overrides a private method and reads the hook's state (keep_ckpt_ids,
+    # filename_tmpl, args): verified with mmengine 0.10.7.
     def _save_checkpoint_with_step(self, runner, step, meta):
         if not self._is_local():
             return super()._save_checkpoint_with_step(runner, step, meta)

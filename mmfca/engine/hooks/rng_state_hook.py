@@ -11,6 +11,10 @@ from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
 
+from ...utils.versions import check_verified
+
+check_verified('mmengine', 'how IterBasedTrainLoop resumes')
+
 
 def capture_rng_states() -> dict:
     """The states of Python's, numpy's and torch's global generators."""
@@ -87,6 +91,8 @@ class RNGStateHook(Hook):
             # Nothing saved, or weights loaded to fine-tune, not resumed.
             return
         loop = runner.train_loop
+        # IterBasedTrainLoop.run fetches loop.iter batches from
+        # dataloader_iterator again on resume: verified with mmengine 0.10.7.
         if isinstance(loop, IterBasedTrainLoop) and loop.iter > 0:
             loop.dataloader_iterator = _RestoreAfterReplay(
                 loop.dataloader_iterator, loop.iter, states)

@@ -12,6 +12,11 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 from mmengine.runner.amp import autocast
 
+from ...utils.versions import check_verified
+
+check_verified('mmengine', 'AmpOptimWrapper attributes set without its '
+               '__init__')
+
 
 def accelerator_available() -> bool:
     """Whether mmengine's AmpOptimWrapper can run here."""
@@ -31,6 +36,7 @@ def cpu_computes_bfloat16() -> bool:
     (:func:`torch.cpu.get_capabilities`). On Arm, oneDNN's check is the
     CPU's own bfloat16 extension.
     """
+    # A private torch op (verified with torch 2.14), as torch's tests use.
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
     capabilities = torch.cpu.get_capabilities()
@@ -87,6 +93,8 @@ class AnyDeviceAmpOptimWrapper(AmpOptimWrapper):
             raise ValueError(
                 f'AMP on CPU trains in bfloat16; dtype={dtype!r} is not '
                 f'supported there. Remove dtype from optim_wrapper.')
+        # AmpOptimWrapper.__init__ asserts a GPU: skipped, and the two
+        # attributes it sets are set here (verified with mmengine 0.10.7).
         OptimWrapper.__init__(self, **kwargs)
         self.cast_dtype = torch.bfloat16
         self.loss_scaler = None
@@ -97,7 +105,8 @@ class AnyDeviceAmpOptimWrapper(AmpOptimWrapper):
         if self.cpu_autocast:
             print_log(
                 'No GPU: AMP runs as bfloat16 autocast on the CPU, without '
-                'loss scaling.', logger='current')
+                'loss scaling.',
+                logger='current')
         elif cpu_autocast == 'auto':
             print_log(
                 'No GPU, and this CPU has no bfloat16 arithmetic (neither '
@@ -143,7 +152,6 @@ class AnyDeviceAmpOptimWrapper(AmpOptimWrapper):
                 yield
             return
         with OptimWrapper.optim_context(self, model), autocast(
-                device_type='cpu',
-                dtype=torch.bfloat16,
+                device_type='cpu', dtype=torch.bfloat16,
                 enabled=self.cpu_autocast):
             yield

@@ -19,7 +19,10 @@ from mmengine.runner import Runner, find_latest_checkpoint
 from ...datasets.checks import (check_dataloader_paths, check_not_empty,
                                explain_build_error)
 from ...utils.serialization import register_safe_globals
+from ...utils.versions import check_verified
 from ..optimizers.amp_optim_wrapper import accelerator_available
+
+check_verified('mmengine', 'private fields of Runner')
 
 
 def is_intact_checkpoint(path: str) -> bool:
@@ -149,6 +152,7 @@ class ReliableRunner(Runner):
         (testing needs no training data). ``tools/train.py`` and
         ``tools/test.py`` run the same check before the runner exists, so
         that nothing is written for a run that cannot start."""
+        # Runner's private fields (verified with mmengine 0.10.7).
         check_dataloader_paths(
             dict(
                 train_dataloader=self._train_dataloader,
@@ -157,6 +161,9 @@ class ReliableRunner(Runner):
                 test_dataloader=self._test_dataloader), mode)
 
     def setup_env(self, env_cfg: dict) -> None:
+        # mmengine's init_dist calls torch.cuda.set_device, which fails
+        # without a GPU: the gloo group is created here, and the stock
+        # setup_env sees it initialised.
         if self.distributed and not is_distributed() and \
                 not accelerator_available():
             timeout = env_cfg.get('dist_cfg', {}).get('timeout', 1800)
@@ -177,6 +184,7 @@ class ReliableRunner(Runner):
             'No GPU: SyncBN layers run as BN (per-process statistics) and '
             'DDP wraps the CPU model.',
             logger='current')
+        # Runner's private field (verified with mmengine 0.10.7).
         loader = self._train_dataloader
         batch_size = loader.get('batch_size', 2) if isinstance(
             loader, dict) else 2
@@ -221,6 +229,7 @@ class ReliableRunner(Runner):
         return built
 
     def load_or_resume(self) -> None:
+        # Runner's private resume fields (verified with mmengine 0.10.7).
         if self._resume and self._load_from is None and not self._has_loaded:
             found = find_resumable_checkpoint(self.work_dir)
             if found is None:
