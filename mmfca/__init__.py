@@ -13,10 +13,7 @@ from .engine import (AnyDeviceAmpOptimWrapper,
                      RNGStateHook, SafeCheckpointHook)
 from .models import FcaFormer
 from .models import timm_models  # noqa: F401  registers fcaformer_l* in timm
-from .utils.serialization import register_safe_globals
 from .version import __version__
-
-register_safe_globals()
 
 __all__ = [
     'FcaFormer', 'AnyDeviceAmpOptimWrapper',

@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import mmfca  # noqa: E402,F401  registers FcaFormer and the safe globals
+import mmfca  # noqa: E402,F401  registers FcaFormer
 from reference import official_shapes, random_official_state_dict  # noqa
 
 L2_DENSE_WIDTHS = (96, 192, 384, 768)

@@ -1,22 +1,30 @@
 """Loading FcaFormer weights in each layout, and refusing bad files."""
 import argparse
+import functools
+import http.server
 import importlib.util
 import logging
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
+import threading
 
+import numpy as np
 import pytest
 import torch
 from conftest import L2_DENSE_WIDTHS
+from mmengine.model import BaseModel
 from mmengine.runner import load_checkpoint
 from reference import reference_forward
 
+from mmfca.apis import build_model, load_config
+from mmfca.engine.runner import ReliableRunner
 from mmfca.models import FcaFormer
 from mmfca.models.utils.checkpoint import convert_official_keys
-from mmfca.apis import build_model, load_config
+from mmfca.utils.serialization import checkpoint_globals, load_checkpoint_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -169,30 +177,188 @@ def test_unknown_pretrained_option_is_refused(official_cls):
         model.init_weights()
 
 
-def test_mmengine_checkpoints_load_under_weights_only(tmp_path):
-    """What mmengine's Runner stores (history buffers, numpy values) loads
-    with torch's weights_only default once mmfca is imported, and not
-    without it."""
+class TinyClassifier(BaseModel):
+    """An mmengine model around an FcaFormer-L1, for a real Runner."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = FcaFormer('l1', out_indices=(3, ),
+                                  gap_before_final_norm=True)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        return self.backbone(inputs)
+
+
+@pytest.fixture
+def runner(tmp_path):
+    return ReliableRunner(model=TinyClassifier(),
+                          work_dir=str(tmp_path / 'run'))
+
+
+@pytest.fixture(scope='module')
+def mmengine_checkpoint(tmp_path_factory):
+    """A checkpoint as mmengine's Runner writes it: the model's weights
+    next to the message hub's history buffers and numpy values."""
     from mmengine.logging import MessageHub
-    import numpy as np
     hub = MessageHub.get_instance('mmfca_test')
     hub.update_scalar('train/loss', np.float64(0.5))
     hub.update_scalar('train/lr', 1e-3)
-    path = str(tmp_path / 'iter_1.pth')
+    source = TinyClassifier()
+    source.backbone.init_weights()
+    path = str(tmp_path_factory.mktemp('mmengine') / 'iter_1.pth')
     torch.save(
         dict(
             meta=dict(seed=np.int64(3), epoch=1),
-            state_dict={'w': torch.zeros(2)},
+            state_dict=source.state_dict(),
             message_hub=hub.state_dict()), path)
-    loaded = torch.load(path)
-    assert loaded['meta']['seed'] == 3
-    code = ('import torch, pickle, sys\n'
-            'try:\n'
-            f'    torch.load({path!r})\n'
-            'except pickle.UnpicklingError:\n'
-            '    sys.exit(7)\n')
-    result = subprocess.run([sys.executable, '-c', code])
-    assert result.returncode == 7
+    return dict(path=path, state=source.state_dict())
+
+
+def test_mmengine_checkpoints_load_under_weights_only(mmengine_checkpoint,
+                                                      runner):
+    """What mmengine's Runner stores (history buffers, numpy values) loads
+    under weights_only through mmfca's readers: the file reader, the
+    Pretrained init, the runner's load_from / resume and timm's loader of
+    FcaFormer. The allow-list is in force only while they read: after
+    ``import mmfca`` a plain ``torch.load`` still refuses the file."""
+    import timm
+    from mmengine.logging.history_buffer import HistoryBuffer
+    path = mmengine_checkpoint['path']
+    state = mmengine_checkpoint['state']
+    assert load_checkpoint_file(path)['meta']['seed'] == 3
+    backbone = pretrained(path, arch='l1', out_indices=(3, ),
+                          gap_before_final_norm=True)
+    runner.load_checkpoint(path, strict=True)
+    classifier = timm.create_model(
+        'fcaformer_l1', pretrained=True, num_classes=0,
+        pretrained_cfg_overlay=dict(file=path))
+    for key, value in state.items():
+        name = key[len('backbone.'):]
+        assert torch.equal(backbone.state_dict()[name], value), key
+        assert torch.equal(runner.model.state_dict()[key], value), key
+        assert torch.equal(classifier.state_dict()[key], value), key
+    with pytest.raises(pickle.UnpicklingError, match='Unsupported global'):
+        torch.load(path)
+    assert HistoryBuffer not in torch.serialization.get_safe_globals()
+
+
+def test_safe_globals_allowed_before_stay_allowed(official_cls):
+    """mmfca's allow-list removes on exit only what it added: a type the
+    user allowed for the whole process stays allowed."""
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        checkpoint = load_checkpoint_file(official_cls['l1']['path'])
+        assert isinstance(checkpoint['args'], argparse.Namespace)
+        assert argparse.Namespace in torch.serialization.get_safe_globals()
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+
+
+class MmengineMainTorch:
+    """torch as mmengine's main branch calls it: every ``torch.load`` with
+    ``weights_only=False``."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(*args, **kwargs):
+        return torch.load(*args, **dict(kwargs, weights_only=False))
+
+
+def test_trust_guard_does_not_depend_on_mmengines_torch_load(
+        runner, mmengine_checkpoint, tmp_path, monkeypatch):
+    """A file with objects that are not weights is refused by the runner
+    (load_from, resume) and the Pretrained init unless trusted, also when
+    mmengine asks torch.load for weights_only=False."""
+    import mmengine.runner.checkpoint as mmengine_checkpoint_module
+    checkpoint = torch.load(mmengine_checkpoint['path'], weights_only=False)
+    checkpoint['meta']['payload'] = NotWeights()
+    path = str(tmp_path / 'foreign.pth')
+    torch.save(checkpoint, path)
+    monkeypatch.setattr(mmengine_checkpoint_module, 'torch',
+                        MmengineMainTorch())
+    # The simulation works: mmengine's own reader unpickles the object.
+    loaded = mmengine_checkpoint_module._load_checkpoint(path)
+    assert isinstance(loaded['meta']['payload'], NotWeights)
+
+    with pytest.raises(RuntimeError, match='Refusing to load.*'
+                       '--trust-checkpoint'):
+        runner.load_checkpoint(path)
+    with pytest.raises(RuntimeError, match='Refusing to load'):
+        pretrained(path, arch='l1', out_indices=(3, ),
+                   gap_before_final_norm=True, prefix='backbone.')
+    runner.trust_checkpoint = True
+    loaded = runner.load_checkpoint(path)
+    assert isinstance(loaded['meta']['payload'], NotWeights)
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A local HTTP server for ``tmp_path / 'www'``; yields its URL."""
+    root = tmp_path / 'www'
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ('127.0.0.1', 0), functools.partial(QuietHandler,
+                                            directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield dict(root=root, url=f'http://127.0.0.1:{server.server_port}')
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize('where', ['path', 'url'])
+def test_pretrained_reads_urls_and_honours_map_location(
+        official_cls, served, tmp_path, monkeypatch, where):
+    source = official_cls['l1']['path']
+    checkpoint = source
+    if where == 'url':
+        shutil.copy(source, served['root'] / 'official_l1.pth')
+        checkpoint = f"{served['url']}/official_l1.pth"
+        monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    locations = []
+
+    def map_location(storage, location):
+        locations.append(location)
+        return storage
+
+    model = FcaFormer('l1', init_cfg=dict(
+        type='Pretrained', checkpoint=checkpoint,
+        map_location=map_location))
+    model.init_weights()
+    assert_backbone_equals(model, official_cls['l1']['model'])
+    # The file's tensors were placed by map_location.
+    assert locations and set(locations) == {'cpu'}
+    if where == 'url':
+        # Downloaded once into torch's hub cache.
+        assert os.listdir(tmp_path / 'torch_home' / 'hub' /
+                          'checkpoints') == ['official_l1.pth']
+
+
+def test_official_names_load_through_mmengines_load_checkpoint(
+        official_dense_l2):
+    """The backbone's load-state-dict pre-hook renames official keys in
+    any load, here mmengine's load_checkpoint of a whole segmentor file."""
+    segmentor = torch.nn.Module()
+    segmentor.backbone = FcaFormer('l2', out_indices=(0, 1, 2, 3),
+                                   out_channels=L2_DENSE_WIDTHS)
+    load_checkpoint(segmentor, official_dense_l2['path'])
+    expected, _, _ = convert_official_keys(official_dense_l2['weights'])
+    state = segmentor.backbone.state_dict()
+    assert set(expected) <= set(state)
+    assert all(k.endswith('num_batches_tracked')
+               for k in set(state) - set(expected))
+    for key, value in expected.items():
+        assert torch.equal(state[key], value), key
 
 
 class AsksForAnotherAttribute:
@@ -206,7 +372,7 @@ class AsksForAnotherAttribute:
 def test_getattr_in_a_weights_file_resolves_only_statistics(tmp_path):
     path = str(tmp_path / 'getattr.pth')
     torch.save({'x': AsksForAnotherAttribute()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(pickle.UnpicklingError), checkpoint_globals():
         torch.load(path)
 
 

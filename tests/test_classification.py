@@ -11,6 +11,7 @@ from mmengine.optim import build_optim_wrapper
 from reference import reference_forward
 
 from mmfca import apis
+from mmfca.utils.serialization import load_checkpoint_file
 from mmfca.engine.optimizers import cpu_computes_bfloat16
 from mmfca.testing import make_synthetic_imagenet
 from mmfca.models import FcaFormer
@@ -48,7 +49,8 @@ def l1_run(tmp_path_factory):
                   '--cfg-options'] + synthetic_overrides(root))
     checkpoint = os.path.join(work_dir, 'epoch_2.pth')
     return dict(root=root, checkpoint=checkpoint, work_dir=work_dir,
-                saved=torch.load(checkpoint, map_location='cpu'))
+                saved=load_checkpoint_file(checkpoint,
+                                           map_location='cpu'))
 
 
 def backbone_weights(saved, ema=False):

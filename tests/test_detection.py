@@ -13,6 +13,7 @@ import torch
 from mmfca.utils.complexity import complexity, keep_all_proposals
 from mmfca.testing import coco_cpu_overrides, make_synthetic_coco
 from mmfca import apis
+from mmfca.utils.serialization import load_checkpoint_file
 from mmfca.models import FcaFormer
 from mmfca.apis import build_model, load_config
 
@@ -75,9 +76,8 @@ def test_epoch_based_resume_is_bit_identical(mask_rcnn_run, tmp_path):
                  options + ['train_cfg.max_epochs=1'])
     apis.train([MASK_RCNN, '--work-dir', work_dir, '--resume',
                   '--cfg-options'] + options)
-    expected = torch.load(mask_rcnn_run['checkpoint'], weights_only=True)
-    resumed = torch.load(os.path.join(work_dir, 'epoch_2.pth'),
-                         weights_only=True)
+    expected = load_checkpoint_file(mask_rcnn_run['checkpoint'])
+    resumed = load_checkpoint_file(os.path.join(work_dir, 'epoch_2.pth'))
     assert resumed['meta']['epoch'] == expected['meta']['epoch'] == 2
     assert resumed['meta']['iter'] == expected['meta']['iter']
     for key, value in expected['state_dict'].items():

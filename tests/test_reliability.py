@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from mmfca import apis
+from mmfca.utils.serialization import load_checkpoint_file
 from mmfca.datasets import LoadImageFromFileOrSkip
 from mmfca.testing import ade20k_cpu_overrides
 from mmfca.datasets.checks import check_dataset_paths
@@ -54,7 +55,7 @@ def losses_by_iter(work_dir):
 
 
 def load(path):
-    return torch.load(path, map_location='cpu', weights_only=True)
+    return load_checkpoint_file(path, map_location='cpu')
 
 
 def assert_identical(a, b, where='checkpoint'):

@@ -31,6 +31,7 @@ import torch
 from mmfca.testing import (ade20k_cpu_overrides, coco_cpu_overrides,
                             make_synthetic_ade20k, make_synthetic_coco)
 from mmfca.engine.runner import find_resumable_checkpoint
+from mmfca.utils.serialization import load_checkpoint_file
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = dict(
@@ -89,8 +90,8 @@ def final_checkpoint(work_dir: str) -> str:
 
 def differences(a_path: str, b_path: str) -> dict:
     """Largest absolute differences of weights and optimizer state."""
-    a = torch.load(a_path, map_location='cpu', weights_only=True)
-    b = torch.load(b_path, map_location='cpu', weights_only=True)
+    a = load_checkpoint_file(a_path, map_location='cpu')
+    b = load_checkpoint_file(b_path, map_location='cpu')
 
     def gap(x, y):
         if isinstance(x, torch.Tensor):

@@ -18,10 +18,12 @@ from timm.models import (build_model_with_cfg, generate_default_cfgs,
 from timm.models._features import feature_take_indices
 
 from ..utils.versions import check_verified
+from ..utils.serialization import checkpoint_globals
 from .backbones import FcaFormer
 from .utils.checkpoint import (check_backbone_coverage,
-                                convert_official_keys, is_official_layout,
-                                select_state_dict, strip_prefix)
+                                convert_official_state_dict,
+                                is_official_layout, select_state_dict,
+                                strip_prefix)
 
 check_verified('timm', 'timm.models._features.feature_take_indices')
 
@@ -162,6 +164,8 @@ def checkpoint_filter_fn(state_dict: dict,
             matches nothing is refused either way). Defaults to True.
     """
     weights = select_state_dict(state_dict)
+    if is_official_layout(strip_prefix(weights, None)[0]):
+        weights, _ = convert_official_state_dict(weights)
     backbone, prefix = strip_prefix(weights, None)
     # mmpretrain's head is ``head.fc.*``, timm's own ``head.*``; other
     # entries of an OpenMMLab checkpoint go on for timm's load_state_dict to
@@ -175,16 +179,12 @@ def checkpoint_filter_fn(state_dict: dict,
         for k, v in weights.items()
         if prefix and not k.startswith((prefix, 'head.'))
     }
-    if is_official_layout(backbone):
-        backbone, official_head, _ = convert_official_keys(backbone)
-        head.update(official_head)
     pretrained_cfg = getattr(model, 'pretrained_cfg', None) or {}
     source = (pretrained_cfg.get('file') or pretrained_cfg.get('url')
               or pretrained_cfg.get('hf_hub_id') or 'the pretrained weights')
     check_backbone_coverage(
-        model.backbone.state_dict(),
+        model.backbone,
         backbone,
-        model.backbone.num_stages,
         source=source,
         where=(f'under prefix {prefix!r}' if prefix else
                "in the whole file (no key starts with 'backbone.')"),
@@ -224,16 +224,19 @@ default_cfgs = generate_default_cfgs(
 
 def _create(variant: str, pretrained: bool = False, **kwargs):
     arch = variant.split('_')[-1]
-    return build_model_with_cfg(
-        FcaFormerClassifier,
-        variant,
-        pretrained,
-        pretrained_filter_fn=partial(
-            checkpoint_filter_fn,
-            strict=kwargs.get('pretrained_strict', True)),
-        feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),
-        arch=arch,
-        **kwargs)
+    # timm reads the file with weights_only=True: mmengine checkpoints need
+    # mmfca's allow-list while it does.
+    with checkpoint_globals():
+        return build_model_with_cfg(
+            FcaFormerClassifier,
+            variant,
+            pretrained,
+            pretrained_filter_fn=partial(
+                checkpoint_filter_fn,
+                strict=kwargs.get('pretrained_strict', True)),
+            feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),
+            arch=arch,
+            **kwargs)
 
 
 @register_model

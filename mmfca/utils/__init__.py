@@ -1,6 +1,7 @@
 from .complexity import complexity
-from .serialization import load_weights, register_safe_globals, safe_globals
+from .serialization import (checkpoint_globals, load_checkpoint_file,
+                            safe_globals)
 from .tensor_forward import TensorForward
 
-__all__ = ['complexity', 'load_weights', 'register_safe_globals',
+__all__ = ['complexity', 'checkpoint_globals', 'load_checkpoint_file',
            'safe_globals', 'TensorForward']

@@ -1,21 +1,31 @@
-"""Safe loading of weight files under torch's ``weights_only`` default.
+"""Reading checkpoint files under torch's ``weights_only`` unpickler.
 
 Since torch 2.6, :func:`torch.load` unpickles only tensors, containers and
 an allow-list of types. mmengine 0.10.7 stores a few of its own objects and
 numpy values in every checkpoint (the message hub's history buffers, numpy
-scalars), so resuming and testing its checkpoints fail with an
-``UnpicklingError``. :func:`register_safe_globals` adds exactly those types
-to torch's allow-list (it runs on ``import mmfca``), and in place of
-``getattr`` a function that resolves only HistoryBuffer's statistics
-methods; nothing executes code from a weights file.
+scalars) and the official FcaFormer script an ``argparse.Namespace``.
+:func:`load_checkpoint_file` reads local files, URLs and mmengine storage
+backends with ``weights_only=True`` unless the caller trusts the file, and
+allows exactly those types, only while it reads (:func:`checkpoint_globals`);
+``getattr`` is replaced by a function that resolves only HistoryBuffer's
+statistics methods, so nothing executes code from a weights file. The rest of
+the process, ``torch.load`` included, is left as it is.
+
+mmengine's own readers (``CheckpointLoader``) are not used: its main branch
+passes ``weights_only=False`` to every ``torch.load``, which would load
+anything a file holds.
 """
 import argparse
-import os
+import os.path as osp
 import pickle
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
+from mmengine.fileio import LocalBackend, get_file_backend
+
+MapLocation = Optional[Union[str, torch.device, Callable, dict]]
 
 
 def _numpy_globals() -> list:
@@ -48,6 +58,7 @@ def _history_buffer_statistic(owner: Any, name: str) -> Any:
     refuses every other attribute lookup a file might ask for.
     """
     from mmengine.logging.history_buffer import HistoryBuffer
+
     # The four built-in statistics, and any registered with
     # HistoryBuffer.register_statistics in this process.
     allowed = {'min', 'max', 'current', 'mean'}
@@ -67,41 +78,81 @@ def safe_globals() -> list:
     ] + _numpy_globals()
 
 
-def register_safe_globals() -> None:
-    """Allow-list the types mmengine and the official FcaFormer scripts
-    store, for every :func:`torch.load` call with ``weights_only=True``."""
-    torch.serialization.add_safe_globals(safe_globals())
+@contextmanager
+def checkpoint_globals() -> Iterator[None]:
+    """Allow :func:`safe_globals` in ``weights_only`` loads inside the
+    block.
+
+    Entries that were allowed before (by the user or another library) stay
+    allowed afterwards: only what this context added is removed on exit.
+    """
+    before = set(torch.serialization.get_safe_globals())
+    missing = [entry for entry in safe_globals() if entry not in before]
+    with torch.serialization.safe_globals(missing):
+        yield
 
 
-def load_weights(path: str) -> Any:
-    """Load a checkpoint file on the CPU with ``weights_only=True``.
+def _read(filename: str, map_location: MapLocation, weights_only: bool,
+          backend_args: Optional[dict]) -> Any:
+    if filename.startswith(('http://', 'https://')):
+        # Cached in torch's hub directory, as mmengine's http loader does.
+        return torch.hub.load_state_dict_from_url(
+            filename, map_location=map_location, weights_only=weights_only)
+    backend = get_file_backend(filename, backend_args=backend_args)
+    if isinstance(backend, LocalBackend) and not osp.isfile(filename):
+        raise FileNotFoundError(
+            f'Checkpoint file not found: {filename!r}. Check the path; '
+            f'official FcaFormer weights can be used as they are, or '
+            f'converted with tools/model_converters/official_to_mmfca.py.')
+    with backend.get_local_path(filename) as path:
+        return torch.load(
+            path, map_location=map_location, weights_only=weights_only)
+
+
+def load_checkpoint_file(filename: str,
+                         map_location: MapLocation = None,
+                         trusted: bool = False,
+                         backend_args: Optional[dict] = None,
+                         trust_option: Optional[str] = None) -> Any:
+    """Read a checkpoint with ``weights_only=True`` and mmfca's allow-list.
 
     Args:
-        path (str): Local checkpoint path.
+        filename (str): A local path, an ``http(s)://`` URL (downloaded once
+            into torch's hub cache) or a URI of an mmengine storage backend
+            (``s3://...`` with ``backend_args``).
+        map_location: Where the tensors go, as in :func:`torch.load`.
+            Defaults to None (where they were saved).
+        trusted (bool): Unpickle whatever the file holds
+            (``weights_only=False``). Only for files the user vouched for:
+            unpickling can run code. Defaults to False.
+        backend_args (dict, optional): Arguments of the storage backend, as
+            in :func:`mmengine.fileio.get_file_backend`.
+        trust_option (str, optional): How the user vouches for a file
+            (e.g. ``'pass --trust-checkpoint'``), for the refusal message.
 
     Raises:
-        FileNotFoundError: The file does not exist.
-        RuntimeError: The file is not a readable torch checkpoint (for
-            example truncated), or holds objects outside the allow-list.
+        FileNotFoundError: A local file does not exist.
+        RuntimeError: The file holds objects outside the allow-list (and is
+            not trusted), or is not a readable torch checkpoint (for example
+            truncated).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f'Checkpoint file not found: {path!r}. Check the path; official '
-            f'FcaFormer ImageNet weights can be used as they are, or '
-            f'converted with tools/model_converters/official_to_mmfca.py.')
     try:
-        # Registered again at every load: the process-wide list is shared
-        # with other libraries, whose ``safe_globals`` contexts remove what
-        # they added on exit (timm's removes argparse.Namespace).
-        register_safe_globals()
-        return torch.load(path, map_location='cpu', weights_only=True)
+        if trusted:
+            return _read(filename, map_location, False, backend_args)
+        with checkpoint_globals():
+            return _read(filename, map_location, True, backend_args)
     except pickle.UnpicklingError as err:
+        if trusted:
+            raise RuntimeError(
+                f'Cannot read checkpoint {filename!r}: {err}') from err
+        advice = f' If you trust the file, {trust_option}.' \
+            if trust_option else ''
         raise RuntimeError(
-            f'Refusing to load {path!r}: it holds Python objects that are '
-            f'not plain weights, so loading it could run code. torch says: '
-            f'{err}') from err
+            f'Refusing to load {filename!r}: it holds Python objects that '
+            f'are not plain weights, so loading it could run code.{advice} '
+            f'torch says: {str(err).splitlines()[0]}') from err
     except (RuntimeError, EOFError) as err:
         raise RuntimeError(
-            f'Cannot read checkpoint {path!r}: the file is truncated or not '
-            f'a torch checkpoint ({err}). Download or save it again.'
+            f'Cannot read checkpoint {filename!r}: the file is truncated or '
+            f'not a torch checkpoint ({err}). Download or save it again.'
         ) from err

@@ -526,11 +526,14 @@ def window_drift(windows, checkpoint=None, samples=4):
     default = build_model(load_config(config)).backbone
     if checkpoint:
         from mmengine.runner import load_checkpoint
-        load_checkpoint(
-            default,
-            checkpoint,
-            map_location='cpu',
-            revise_keys=[(r'^backbone\.', '')])
+
+        from mmfca.utils.serialization import checkpoint_globals
+        with checkpoint_globals():
+            load_checkpoint(
+                default,
+                checkpoint,
+                map_location='cpu',
+                revise_keys=[(r'^backbone\.', '')])
     else:
         randomize(default)
     default.eval()

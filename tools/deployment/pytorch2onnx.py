@@ -78,7 +78,10 @@ def main():
     model = build_model(load_config(args.config))
     if args.checkpoint:
         from mmengine.runner import load_checkpoint
-        load_checkpoint(model, args.checkpoint, map_location='cpu')
+
+        from mmfca.utils.serialization import checkpoint_globals
+        with checkpoint_globals():
+            load_checkpoint(model, args.checkpoint, map_location='cpu')
     export_onnx(
         model,
         args.out,

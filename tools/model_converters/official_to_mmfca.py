@@ -24,10 +24,12 @@ from typing import List, Optional
 import torch
 
 from mmfca.models import FcaFormer
-from mmfca.models.utils.checkpoint import (convert_official_keys, describe_arch,
-                                     infer_arch, is_official_layout,
-                                     select_state_dict, top_level_names)
-from mmfca.utils.serialization import load_weights
+from mmfca.models.utils.checkpoint import (convert_official_state_dict,
+                                           describe_arch, infer_arch,
+                                           is_official_layout,
+                                           select_state_dict, strip_prefix,
+                                           top_level_names)
+from mmfca.utils.serialization import load_checkpoint_file
 
 
 def expected_backbone(backbone: dict, arch: str) -> List[str]:
@@ -59,45 +61,36 @@ def convert(checkpoint: dict, use_ema: bool = False) -> OrderedDict:
             the official model.
     """
     state_dict = select_state_dict(checkpoint, use_ema)
-    backbone_keys = OrderedDict(
-        (k[len('backbone.'):], v) for k, v in state_dict.items()
-        if k.startswith('backbone.'))
-    if backbone_keys:
-        source, rest = backbone_keys, OrderedDict(
-            (k, v) for k, v in state_dict.items()
-            if not k.startswith('backbone.'))
-    else:
-        source, rest = state_dict, OrderedDict()
+    source, _ = strip_prefix(state_dict, None)
     if not is_official_layout(source):
         raise ValueError(
             f'this is not an official FcaFormer checkpoint (no '
             f'patch_embed.seq.* / layer_*.* keys): its top-level names are '
             f'{top_level_names(state_dict)}, and its backbone looks like '
-            f'{describe_arch(source)}. mmfca checkpoints need no '
-            f'conversion; other models cannot be converted.')
-    backbone, head, unknown = convert_official_keys(source)
+            f'{describe_arch(source, FcaFormer.arch_zoo)}. mmfca checkpoints '
+            f'need no conversion; other models cannot be converted.')
+    out, unknown = convert_official_state_dict(state_dict)
     if unknown:
         raise ValueError(f'official keys with no mmfca counterpart: '
                          f'{unknown}')
-    arch, _ = infer_arch(backbone)
+    backbone, _ = strip_prefix(out, 'backbone.')
+    arch, _ = infer_arch(backbone, FcaFormer.arch_zoo)
     if arch is None or arch not in ('l1', 'l2', 'l3', 'l4'):
         raise ValueError(
-            f'the weights look like {describe_arch(backbone)}, which is no '
+            f'the weights look like '
+            f'{describe_arch(backbone, FcaFormer.arch_zoo)}, which is no '
             f'official FcaFormer (L1...L4); the file may be incomplete.')
     expected = expected_backbone(backbone, arch)
     missing = [k for k in expected if k not in backbone]
     if not any(k.startswith('proj') for k in backbone):
         # An ImageNet classifier: its head becomes mmpretrain's.
-        missing += [f'head.{k}' for k in ('fc.weight', 'fc.bias')
-                    if k not in head]
+        missing += [k for k in ('head.fc.weight', 'head.fc.bias')
+                    if k not in out]
     if missing:
         raise ValueError(
             f'the official FcaFormer-{arch.upper()} weights are incomplete: '
             f'{len(missing)} of its tensors are missing (in mmfca names), '
             f'e.g. {missing[:5]}. Download or save the file again.')
-    out = OrderedDict((f'backbone.{k}', v) for k, v in backbone.items())
-    out.update((f'head.{k}', v) for k, v in head.items())
-    out.update(rest)
     return out
 
 
@@ -111,7 +104,9 @@ def main(argv: Optional[List[str]] = None):
         help='take the EMA weights (model_ema) of an ImageNet checkpoint')
     args = parser.parse_args(argv)
     try:
-        state_dict = convert(load_weights(args.src), use_ema=args.ema)
+        state_dict = convert(
+            load_checkpoint_file(args.src, map_location='cpu'),
+            use_ema=args.ema)
     except ValueError as err:
         sys.exit(f'official_to_mmfca: refusing {args.src!r}: {err}')
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)

@@ -3,22 +3,23 @@ import datetime
 import logging
 import os
 import os.path as osp
-import pickle
 import re
 import zipfile
-from contextlib import contextmanager
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch.distributed as torch_dist
 from mmengine.dist import is_distributed
 from mmengine.logging import print_log
-from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
+from mmengine.model import (MMDistributedDataParallel, is_model_wrapper,
+                            revert_sync_batchnorm)
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner, find_latest_checkpoint
+# Private in mmengine (verified with 0.10.7 and main at 25434293).
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from ...datasets.checks import (check_dataloader_paths, check_not_empty,
                                explain_build_error)
-from ...utils.serialization import register_safe_globals
+from ...utils.serialization import MapLocation, load_checkpoint_file
 from ...utils.versions import check_verified
 from ..optimizers.amp_optim_wrapper import accelerator_available
 
@@ -79,25 +80,6 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     return None
 
 
-@contextmanager
-def _weights_only(enabled: bool):
-    """Let :func:`torch.load` calls that do not choose ``weights_only``
-    unpickle arbitrary objects while ``enabled`` is False."""
-    if enabled:
-        yield
-        return
-    key = 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'
-    before = os.environ.get(key)
-    os.environ[key] = '1'
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key)
-        else:
-            os.environ[key] = before
-
-
 @RUNNERS.register_module()
 class ReliableRunner(Runner):
     """:class:`mmengine.runner.Runner` for runs that can be killed, that
@@ -109,9 +91,11 @@ class ReliableRunner(Runner):
       the hooks of ``configs/_base_/mmfca_runtime.py`` (atomic
       :class:`SafeCheckpointHook`, :class:`RNGStateHook`), a run killed at
       any moment and resumed ends as the uninterrupted run.
-    - Checkpoints load with torch's ``weights_only`` default; a file holding
-      other Python objects is refused with a clear message unless the
-      config sets ``trust_checkpoint = True`` (``--trust-checkpoint``).
+    - Checkpoints (``load_from``, ``resume``) are read with
+      ``weights_only=True`` and mmfca's allow-list, whatever mmengine
+      passes to ``torch.load``; a file holding other Python objects is
+      refused with a clear message unless the config sets
+      ``trust_checkpoint = True`` (``--trust-checkpoint``).
     - ``launcher='pytorch'`` on a machine without a GPU: the process group
       is created with the gloo backend (mmengine's launcher calls
       ``torch.cuda.set_device``), SyncBN layers become BN (SyncBN has no
@@ -241,24 +225,47 @@ class ReliableRunner(Runner):
                 self._load_from = found
         super().load_or_resume()
 
-    def load_checkpoint(self, filename: str, *args, **kwargs):
+    def load_checkpoint(
+        self,
+        filename: str,
+        map_location: MapLocation = 'cpu',
+        strict: bool = False,
+        revise_keys: Sequence[Tuple[str, str]] = ((r'^module.', ''), )
+    ) -> dict:
+        """mmengine's ``Runner.load_checkpoint`` (``load_from``, and
+        ``resume`` through it), reading the file with
+        :func:`~mmfca.utils.serialization.load_checkpoint_file`.
+
+        The guard does not depend on what mmengine passes to
+        :func:`torch.load` (its main branch passes ``weights_only=False``):
+        the file is read with ``weights_only=True`` unless the config sets
+        ``trust_checkpoint``. The steps after reading are mmengine's 0.10.7
+        ones (the same on its main branch at 25434293).
+
+        Args:
+            filename (str): Local path, URL or mmengine storage URI.
+            map_location: As in :func:`torch.load`. Defaults to 'cpu'.
+            strict (bool): Require the checkpoint's keys to match the
+                model's. Defaults to False.
+            revise_keys (Sequence[tuple]): ``(pattern, replacement)`` pairs
+                applied to the checkpoint's keys. Defaults to stripping
+                ``module.``.
+
+        Returns:
+            dict: The checkpoint.
+        """
         if not osp.isfile(filename) and '://' not in filename:
             raise FileNotFoundError(
                 f'Checkpoint not found: {filename!r}. Check load_from / '
                 f'--resume.')
-        # Another library's safe_globals context may have removed ours.
-        register_safe_globals()
         try:
-            with _weights_only(not self.trust_checkpoint):
-                return super().load_checkpoint(filename, *args, **kwargs)
-        except pickle.UnpicklingError as err:
-            raise RuntimeError(
-                f'Refusing to load {filename!r}: it holds Python objects '
-                f'that are not weights, and unpickling them could run code. '
-                f'If you trust the file, pass --trust-checkpoint (or set '
-                f'trust_checkpoint = True in the config). torch says: '
-                f'{str(err).splitlines()[0]}') from err
-        except (RuntimeError, EOFError) as err:
+            checkpoint = load_checkpoint_file(
+                filename,
+                map_location,
+                trusted=self.trust_checkpoint,
+                trust_option='pass --trust-checkpoint (or set '
+                'trust_checkpoint = True in the config)')
+        except RuntimeError as err:
             if osp.isfile(filename) and not is_intact_checkpoint(filename):
                 raise RuntimeError(
                     f'Cannot read checkpoint {filename!r}: the file is '
@@ -267,3 +274,11 @@ class ReliableRunner(Runner):
                     f'--resume without a path to pick the latest intact '
                     f'one.') from err
             raise
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(
+            self.model) else self.model
+        checkpoint = _load_checkpoint_to_model(
+            model, checkpoint, strict, revise_keys=revise_keys)
+        self._has_loaded = True
+        self.logger.info(f'Load checkpoint from {filename}')
+        return checkpoint

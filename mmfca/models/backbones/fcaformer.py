@@ -29,7 +29,8 @@ from mmengine.registry import MODELS
 from timm.layers import LayerNorm2d
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..utils.checkpoint import load_backbone_state_dict
+from ..utils.checkpoint import (FcaFormerPretrainedInit,
+                                prepare_backbone_state_dict)
 from ..utils.layer_groups import fcaformer_layer_id
 
 
@@ -260,9 +261,6 @@ class ForwardCrossAttention(BaseModule):
         window_size (int): Side of the square attention window.
         num_cross_tokens (int): Cross tokens this block attends to (0 for the
             first block of a stage).
-        resize_tables (bool): Resize position/depth bias tables and LSFs
-            made for another window when loading a state dict (bicubic).
-            Defaults to False: a mismatch is an error.
         num_prefix_tokens (int): Tokens before the window's grid tokens
             (the plain model's class token). They have no grid position, so
             they get no relative position bias (zero), while they do see the
@@ -274,10 +272,8 @@ class ForwardCrossAttention(BaseModule):
                  num_heads: int,
                  window_size: int,
                  num_cross_tokens: int,
-                 resize_tables: bool = False,
                  num_prefix_tokens: int = 0):
         super().__init__()
-        self.resize_tables = resize_tables
         self.num_prefix_tokens = num_prefix_tokens
         self.embed_dims = embed_dims
         self.num_heads = num_heads
@@ -305,7 +301,9 @@ class ForwardCrossAttention(BaseModule):
 
     def fit_tables(self, state_dict: dict, prefix: str) -> None:
         """Resize this module's bias tables and LSFs in ``state_dict`` (keys
-        under ``prefix``) to this module's window, where they differ."""
+        under ``prefix``) to this module's window, where they differ
+        (bicubic). :class:`FcaFormer` calls it while loading weights when
+        built with ``resize_bias_tables=True``."""
         key = prefix + 'position_bias'
         if key in state_dict and state_dict[key].shape != \
                 self.position_bias.shape:
@@ -327,8 +325,6 @@ class ForwardCrossAttention(BaseModule):
                 side).transpose(1, 2)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if self.resize_tables:
-            self.fit_tables(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if self.deploy_bias is not None:
             # Deploy mode: the precomputed mask follows the loaded tables.
@@ -429,7 +425,6 @@ class FcaBlock(BaseModule):
         drop_path_rate (float): Stochastic depth rate. Defaults to 0.
         layer_scale_init_value (float): Layer scale init. Defaults to 1e-6.
         norm_cfg (dict): Config of the BN after the 3x3 depthwise conv.
-        resize_tables (bool): See :class:`ForwardCrossAttention`.
         num_prefix_tokens (int): Tokens before the grid tokens (the plain
             model's class token): they take part in attention and the FFN
             but not in the TME convolutions, which need a grid, so they
@@ -446,15 +441,13 @@ class FcaBlock(BaseModule):
                  drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 1e-6,
                  norm_cfg: dict = dict(type='BN'),
-                 resize_tables: bool = False,
                  num_prefix_tokens: int = 0):
         super().__init__()
         self.window_size = window_size
         self.num_prefix_tokens = num_prefix_tokens
         self.norm1 = nn.LayerNorm(embed_dims)
         self.attn = ForwardCrossAttention(embed_dims, num_heads, window_size,
-                                          num_cross_tokens, resize_tables,
-                                          num_prefix_tokens)
+                                          num_cross_tokens, num_prefix_tokens)
         self.ls1 = LayerScale(embed_dims, layer_scale_init_value)
         if makes_cross_tokens:
             self.cross_token_conv = nn.Conv2d(
@@ -562,7 +555,6 @@ class FcaStage(BaseModule):
         layer_scale_init_value (float): Layer scale init. Defaults to 1e-6.
         norm_cfg (dict): Config of the BN layers.
         with_cp (bool): Checkpoint each block's activations.
-        resize_tables (bool): See :class:`ForwardCrossAttention`.
         num_prefix_tokens (int): Tokens before each window's grid tokens
             (the plain model's class token, see :class:`FcaBlock`). A stage
             with prefix tokens runs on tokens of one window
@@ -579,7 +571,6 @@ class FcaStage(BaseModule):
                  layer_scale_init_value: float = 1e-6,
                  norm_cfg: dict = dict(type='BN'),
                  with_cp: bool = False,
-                 resize_tables: bool = False,
                  num_prefix_tokens: int = 0):
         super().__init__()
         self.window_size = window_size
@@ -596,7 +587,6 @@ class FcaStage(BaseModule):
                 drop_path_rate=drop_path_rates[i],
                 layer_scale_init_value=layer_scale_init_value,
                 norm_cfg=norm_cfg,
-                resize_tables=resize_tables,
                 num_prefix_tokens=num_prefix_tokens) for i in range(depth)
         ])
 
@@ -722,16 +712,27 @@ class FcaFormer(BaseModule):
             ``window_size=(24, 12)``), resize the position and depth bias
             tables and the LSFs bicubically instead of failing. Defaults to
             False.
-        init_cfg (dict | list[dict], optional): Initialisation config. A
+        init_cfg (dict | list[dict], optional): Initialisation config.
+            Defaults to the official initialisation. A
             ``dict(type='Pretrained', checkpoint=PATH, prefix='backbone.')``
-            accepts official ImageNet checkpoints (add ``use_ema=True`` for
-            their EMA weights), official downstream checkpoints and mmfca /
+            is run by :class:`~mmfca.models.utils.FcaFormerPretrainedInit`
+            after the default initialisation: ``checkpoint`` may be a path,
+            a URL or an mmengine storage URI, ``map_location`` works as in
+            mmengine, and it accepts official ImageNet checkpoints (add
+            ``use_ema=True`` for their EMA weights, or an mmengine
+            checkpoint's), official downstream checkpoints and mmfca /
             OpenMMLab checkpoints; ``prefix`` is optional. A checkpoint that
             lacks backbone tensors is refused, except for the output layers
             of a dense backbone started from an ImageNet classifier (logged
             by name); ``strict=False`` loads what matches and logs the rest
             as missing, but a checkpoint that matches nothing is refused
-            either way.
+            either way. What was loaded is kept in ``load_report``.
+
+    Every load (``load_state_dict``, mmengine's ``load_checkpoint`` and
+    ``load_from``, timm's loader) also takes official key names, resizes
+    bias tables with ``resize_bias_tables=True`` and names the arch of
+    weights that do not fit: a load-state-dict pre-hook runs
+    :func:`~mmfca.models.utils.prepare_backbone_state_dict`.
     """
 
     arch_zoo = {
@@ -806,7 +807,7 @@ class FcaFormer(BaseModule):
                  **unknown):
         if unknown:
             raise TypeError(self._unknown_arguments(unknown))
-        super().__init__(init_cfg=init_cfg or self.default_init_cfg)
+        super().__init__(init_cfg=self._with_pretrained_loader(init_cfg))
         self.arch_settings = self._parse_arch(arch)
         channels = self.arch_settings['channels']
         depths = self.arch_settings['depths']
@@ -881,7 +882,6 @@ class FcaFormer(BaseModule):
                     layer_scale_init_value=layer_scale_init_value,
                     norm_cfg=norm_cfg,
                     with_cp=with_cp,
-                    resize_tables=resize_bias_tables,
                     num_prefix_tokens=int(self.has_class_token))
             self.stages.append(stage)
 
@@ -900,6 +900,29 @@ class FcaFormer(BaseModule):
                 self.add_module(f'norm{i}',
                                 LayerNorm2d(channels[i], eps=1e-6))
         self._freeze_stages()
+        # As mmpretrain's Swin fits its tables: for every way of loading.
+        self._register_load_state_dict_pre_hook(self._prepare_state_dict)
+
+    @classmethod
+    def _with_pretrained_loader(
+        cls, init_cfg: Optional[Union[dict, List[dict]]]
+    ) -> Union[dict, List[dict]]:
+        """The init_cfg that mmengine runs: the default initialisation
+        unless another is given, and a ``Pretrained`` entry run by
+        :class:`FcaFormerPretrainedInit` after the others. (mmengine runs it
+        before the children's ``init_weights``, not after as its own
+        ``Pretrained``; FcaFormer's parts initialise nothing themselves.)"""
+        if not init_cfg:
+            return cls.default_init_cfg
+        cfgs = [init_cfg] if isinstance(init_cfg, dict) else list(init_cfg)
+        pretrained = [
+            dict(cfg, type=FcaFormerPretrainedInit) for cfg in cfgs
+            if cfg.get('type') == 'Pretrained'
+        ]
+        if not pretrained:
+            return init_cfg
+        others = [cfg for cfg in cfgs if cfg.get('type') != 'Pretrained']
+        return (others or cls.default_init_cfg) + pretrained
 
     @classmethod
     def _parse_arch(cls, arch: Union[str, dict]) -> Dict[str, tuple]:
@@ -1077,29 +1100,12 @@ class FcaFormer(BaseModule):
         return fcaformer_layer_id('backbone.' + name, 'layer_wise_cab',
                                   num_layers), num_layers + 2
 
-    def init_weights(self):
-        """Initialise the weights, or load them for a Pretrained init_cfg."""
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            extra = set(cfg) - {'type', 'checkpoint', 'prefix', 'use_ema',
-                                'strict', 'map_location'}
-            if extra:
-                raise ValueError(
-                    f'Unknown keys {sorted(extra)} in the FcaFormer '
-                    f'Pretrained init_cfg; allowed: checkpoint, prefix, '
-                    f'use_ema, strict.')
-            self.init_cfg = self.default_init_cfg
-            super().init_weights()
-            self.init_cfg = cfg
-            self.load_report = load_backbone_state_dict(
-                self,
-                cfg['checkpoint'],
-                prefix=cfg.get('prefix'),
-                use_ema=cfg.get('use_ema', False),
-                strict=cfg.get('strict', True))
-            self._is_init = True
-            return
-        super().init_weights()
+    def _prepare_state_dict(self, state_dict: dict, prefix: str, *args,
+                            **kwargs) -> None:
+        """Load-state-dict pre-hook: official names, bias tables for other
+        windows, weights of another shape (see
+        :func:`~mmfca.models.utils.prepare_backbone_state_dict`)."""
+        prepare_backbone_state_dict(self, state_dict, prefix)
 
     def _freeze_stages(self):
         if self.has_class_token and self.frozen_stages > 0:

@@ -1,8 +1,10 @@
-from .checkpoint import (convert_official_keys, is_official_layout,
-                         load_backbone_state_dict)
+from .checkpoint import (FcaFormerPretrainedInit, convert_official_keys,
+                         convert_official_state_dict, is_official_layout,
+                         prepare_backbone_state_dict)
 from .layer_groups import fcaformer_layer_id
 
 __all__ = [
-    'convert_official_keys', 'is_official_layout', 'load_backbone_state_dict',
-    'fcaformer_layer_id'
+    'FcaFormerPretrainedInit', 'convert_official_keys',
+    'convert_official_state_dict', 'is_official_layout',
+    'prepare_backbone_state_dict', 'fcaformer_layer_id'
 ]

@@ -10,22 +10,33 @@ Three layouts reach the backbone:
 * mmfca / OpenMMLab checkpoints: ``state_dict`` with our names, usually
   under ``backbone.`` (EMA weights in ``ema_state_dict``).
 
-:func:`convert_official_keys` maps official names to ours;
-:func:`load_backbone_state_dict` picks the right weights out of any of them,
-checks shapes, refuses a checkpoint that lacks backbone tensors (unless
-partial loading is asked for), and reports new, missing and unused keys by
-name. :func:`check_backbone_coverage` is the rule it shares with timm's
-loader.
+:func:`convert_official_key` is the one map from official names to ours.
+Every load into :class:`~mmfca.models.FcaFormer` (``load_state_dict``,
+mmengine's ``load_checkpoint``, timm's loader) passes its load-state-dict
+pre-hook, :func:`prepare_backbone_state_dict`: official names are renamed,
+bias tables made for other windows are resized when the backbone allows it,
+and weights of another arch or window are refused by name.
+:class:`FcaFormerPretrainedInit` serves ``init_cfg=dict(type='Pretrained',
+...)``: it picks the weights out of any layout (EMA on request), and refuses
+a checkpoint that lacks backbone tensors (unless partial loading is asked
+for), with the rule it shares with timm's loader,
+:func:`check_backbone_coverage`.
+
+Nothing here imports the backbone: the arch table comes with the model or
+is passed in.
 """
+import logging
 import math
 import re
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
+import torch.nn as nn
 from mmengine.logging import print_log
+from mmengine.model.weight_init import PretrainedInit, update_init_info
 
-from ...utils.serialization import load_weights
+from ...utils.serialization import MapLocation, load_checkpoint_file
 
 # Official name of a block part in the transformer stages -> ours.
 _FCA_BLOCK_KEYS = [
@@ -63,11 +74,16 @@ def _replace_prefix(rest: str, table) -> Optional[str]:
     return None
 
 
-def _convert_official_key(key: str) -> Tuple[str, Optional[str]]:
-    """Map one official key to ``(part, new_key)``.
+def convert_official_key(key: str) -> Tuple[str, Optional[str]]:
+    """Map one official key (without ``backbone.``) to ``(part, new_key)``.
 
-    ``part`` is 'backbone' or 'head'; ``new_key`` is None when the key has no
-    counterpart.
+    The one place that knows the official names: everything that reads
+    official weights goes through it.
+
+    Returns:
+        tuple: ``part`` is 'backbone' or 'head' (the classifier's, in
+        mmpretrain ``LinearClsHead`` names); ``new_key`` is None when the
+        key has no counterpart.
     """
     conv_bn = {'c': 'conv', 'bn': 'bn'}
     match = re.match(r'patch_embed\.seq\.([02])\.(c|bn)\.(.+)$', key)
@@ -103,11 +119,11 @@ def _convert_official_key(key: str) -> Tuple[str, Optional[str]]:
     return 'backbone', None
 
 
-def is_official_layout(state_dict: Dict[str, torch.Tensor]) -> bool:
-    """Whether the keys use the official FcaFormer names."""
+def is_official_layout(keys: Iterable[str]) -> bool:
+    """Whether state dict keys use the official FcaFormer names."""
     return any(
         k.startswith(('patch_embed.seq.', 'layer_0.', 'layer_2.'))
-        for k in state_dict)
+        for k in keys)
 
 
 def convert_official_keys(
@@ -125,7 +141,7 @@ def convert_official_keys(
     """
     backbone, head, unknown = OrderedDict(), OrderedDict(), []
     for key, value in state_dict.items():
-        part, new_key = _convert_official_key(key)
+        part, new_key = convert_official_key(key)
         if new_key is None:
             unknown.append(key)
         elif part == 'head':
@@ -133,6 +149,31 @@ def convert_official_keys(
         else:
             backbone[new_key] = value
     return backbone, head, unknown
+
+
+def convert_official_state_dict(
+        state_dict: Dict[str, torch.Tensor]) -> Tuple[OrderedDict, list]:
+    """Rename a whole official model to mmfca / mmpretrain names.
+
+    Args:
+        state_dict (dict): An official ImageNet classifier (bare names), or
+            an official segmentor or detector (backbone under
+            ``backbone.``).
+
+    Returns:
+        tuple: The weights with the backbone under ``backbone.``, a
+        classifier's head as mmpretrain's ``head.fc.*`` and other entries
+        (decode heads, necks) unchanged; and the official keys that map to
+        nothing.
+    """
+    backbone, prefix = strip_prefix(state_dict, None)
+    converted, head, unknown = convert_official_keys(backbone)
+    out = OrderedDict((f'backbone.{k}', v) for k, v in converted.items())
+    out.update((f'head.{k}', v) for k, v in head.items())
+    if prefix:
+        out.update((k, v) for k, v in state_dict.items()
+                   if not k.startswith(prefix))
+    return out, unknown
 
 
 def select_state_dict(checkpoint, use_ema: bool = False) -> Dict:
@@ -189,7 +230,7 @@ def strip_prefix(state_dict: Dict,
     Returns:
         tuple: The selected entries, and the prefix they were found under
         ('' for the whole checkpoint). Nothing is selected when an explicit
-        prefix matches no key; :func:`load_backbone_state_dict` then says
+        prefix matches no key; :class:`FcaFormerPretrainedInit` then says
         what the checkpoint holds instead.
     """
     wanted = prefix if prefix is not None else 'backbone.'
@@ -217,18 +258,21 @@ def top_level_names(state_dict: Dict, limit: int = 12) -> str:
     return str(names)
 
 
-def infer_arch(
-        state_dict: Dict[str, torch.Tensor]) -> Tuple[Optional[str], dict]:
+def infer_arch(state_dict: Dict[str, torch.Tensor],
+               arch_zoo: Dict[str, dict]) -> Tuple[Optional[str], dict]:
     """The FcaFormer arch that a backbone state dict (mmfca names) was made
     for.
 
+    Args:
+        state_dict (dict): Backbone weights in mmfca names.
+        arch_zoo (dict): The known archs, ``FcaFormer.arch_zoo``.
+
     Returns:
-        tuple: The name in ``FcaFormer.arch_zoo`` (None if no arch fits) and
-        the settings read from the weights (``channels``, ``depths``,
+        tuple: The name in ``arch_zoo`` (None if no arch fits) and the
+        settings read from the weights (``channels``, ``depths``,
         ``num_heads``, ``patch_size`` for a plain model; empty without any
         ``stages.*`` key).
     """
-    from ..backbones.fcaformer import FcaFormer
     stage_ids = {int(m.group(1)) for m in (re.match(r'stages\.(\d+)\.', k)
                                            for k in state_dict) if m}
     if not stage_ids:
@@ -252,15 +296,17 @@ def infer_arch(
     patch = state_dict.get('downsample_layers.0.weight')
     if patch is not None:
         found['patch_size'] = int(patch.shape[-1])
-    for name, settings in FcaFormer.arch_zoo.items():
+    for name, settings in arch_zoo.items():
         if {k: settings.get(k) for k in found} == found:
             return name, found
     return None, found
 
 
-def describe_arch(state_dict: Dict[str, torch.Tensor]) -> str:
-    """Name the FcaFormer arch that a backbone state dict was made for."""
-    name, found = infer_arch(state_dict)
+def describe_arch(state_dict: Dict[str, torch.Tensor],
+                  arch_zoo: Dict[str, dict]) -> str:
+    """Name the FcaFormer arch that a backbone state dict was made for
+    (see :func:`infer_arch`)."""
+    name, found = infer_arch(state_dict, arch_zoo)
     if name is not None:
         return f"arch='{name}'"
     if not found:
@@ -268,7 +314,7 @@ def describe_arch(state_dict: Dict[str, torch.Tensor]) -> str:
     return f'arch={found}'
 
 
-def _window_hint(model, state_dict) -> str:
+def _window_hint(model: nn.Module, state_dict: Dict) -> str:
     hints = []
     stages = range(model.num_conv_stages, model.num_stages)
     for stage, size in zip(stages, model.window_size):
@@ -285,6 +331,62 @@ def _window_hint(model, state_dict) -> str:
             f'window_size: {"; ".join(hints)}. Keep window_size at the '
             f'pretraining feature sizes (default (14, 7)), or set '
             f'resize_bias_tables=True to interpolate them.')
+
+
+def prepare_backbone_state_dict(model: nn.Module,
+                                state_dict: Dict[str, torch.Tensor],
+                                prefix: str = '',
+                                source: Optional[str] = None) -> None:
+    """Fit the entries under ``prefix`` to an FcaFormer, in place.
+
+    FcaFormer's load-state-dict pre-hook (as mmpretrain's Swin resizes its
+    tables in one), so that every way of loading weights gets it:
+
+    * official names become ours (:func:`convert_official_key`); the
+      official classifier head and keys without a counterpart keep their
+      names, and the load reports them as unexpected;
+    * with ``model.resize_bias_tables``, position and depth bias tables and
+      LSFs made for other windows are resized to the model's;
+    * weights of another shape are refused, naming the arch they were made
+      for and, for bias tables, their window.
+
+    Args:
+        model (FcaFormer): The backbone.
+        state_dict (dict): The weights being loaded.
+        prefix (str): The backbone's name in ``state_dict``.
+        source (str, optional): The file, for the message.
+
+    Raises:
+        ValueError: When shapes do not fit the model.
+    """
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    if is_official_layout(k[len(prefix):] for k in keys):
+        for key in keys:
+            part, new_key = convert_official_key(key[len(prefix):])
+            if part == 'backbone' and new_key is not None:
+                state_dict[prefix + new_key] = state_dict.pop(key)
+    if model.resize_bias_tables:
+        for name, module in model.named_modules():
+            if hasattr(module, 'fit_tables'):
+                module.fit_tables(state_dict, f'{prefix}{name}.')
+    own = model.state_dict()
+    given = {
+        k[len(prefix):]: v
+        for k, v in state_dict.items() if k.startswith(prefix)
+    }
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape))
+                  for k, v in given.items()
+                  if k in own and v.shape != own[k].shape]
+    if not mismatched:
+        return
+    details = '; '.join(f'{k}: checkpoint {a} vs model {b}'
+                        for k, a, b in mismatched[:4])
+    what = f'Checkpoint {source!r}' if source else 'The state dict'
+    raise ValueError(
+        f'{what} does not fit this FcaFormer: it looks like '
+        f'{describe_arch(given, model.arch_zoo)}, while the model was built '
+        f'with {describe_arch(own, model.arch_zoo)}. {len(mismatched)} shape '
+        f'mismatches, e.g. {details}.{_window_hint(model, given)}')
 
 
 # The output layers of a backbone: a norm or a widening projection per
@@ -305,9 +407,8 @@ def is_classifier_file(state_dict: Dict, num_stages: int) -> bool:
         for k in state_dict)
 
 
-def check_backbone_coverage(model_state: Dict,
+def check_backbone_coverage(backbone: nn.Module,
                             state_dict: Dict,
-                            num_stages: int,
                             source: str,
                             where: str,
                             checkpoint: Dict,
@@ -323,10 +424,9 @@ def check_backbone_coverage(model_state: Dict,
     that provides no tensor at all is always one.
 
     Args:
-        model_state (dict): The backbone's state dict (names and shapes).
+        backbone (FcaFormer): The backbone to load.
         state_dict (dict): The checkpoint's backbone weights, in mmfca
             names.
-        num_stages (int): Stages of the backbone.
         source (str): The file, for the message.
         where (str): Where the weights were looked for (the prefix), for
             the message.
@@ -347,6 +447,7 @@ def check_backbone_coverage(model_state: Dict,
         ValueError: When tensors are missing, naming the file, the prefix,
             how many tensors matched and what the checkpoint holds.
     """
+    model_state = backbone.state_dict()
     # BN's batch counters are not weights: torch's own load_state_dict
     # does not require them either.
     absent = [
@@ -355,7 +456,7 @@ def check_backbone_coverage(model_state: Dict,
     ]
     matched = sum(k in state_dict for k in model_state)
     new_outputs = []
-    if is_classifier_file(state_dict, num_stages):
+    if is_classifier_file(state_dict, backbone.num_stages):
         new_outputs = [k for k in absent if _OUTPUT_LAYER.match(k)]
     missing = [k for k in absent if k not in new_outputs]
     if matched and not (missing and strict):
@@ -370,13 +471,14 @@ def check_backbone_coverage(model_state: Dict,
     under = ''
     if where.startswith('under') and state_dict:
         under = f', and under that prefix {top_level_names(state_dict)}'
+    arch_zoo = backbone.arch_zoo
     raise ValueError(
         f'Checkpoint {source!r} does not hold this backbone '
-        f'({describe_arch(model_state)}): {matched} of {len(model_state)} '
-        f'backbone tensors found {where}; {len(missing)} missing, e.g. '
-        f'{missing[:4]}. The checkpoint\'s top-level names are '
+        f'({describe_arch(model_state, arch_zoo)}): {matched} of '
+        f'{len(model_state)} backbone tensors found {where}; {len(missing)} '
+        f'missing, e.g. {missing[:4]}. The checkpoint\'s top-level names are '
         f'{top_level_names(checkpoint)}{under}; it looks like '
-        f'{describe_arch(state_dict)}. {advice}')
+        f'{describe_arch(state_dict, arch_zoo)}. {advice}')
 
 
 def _where(prefix: Optional[str], used: str, found: bool) -> str:
@@ -392,20 +494,30 @@ def _where(prefix: Optional[str], used: str, found: bool) -> str:
             f'it looks like a bare backbone)')
 
 
-def load_backbone_state_dict(model,
-                             filename: str,
-                             prefix: Optional[str] = None,
-                             use_ema: bool = False,
-                             strict: bool = True) -> Dict[str, list]:
-    """Load backbone weights from any supported checkpoint layout.
+class FcaFormerPretrainedInit(PretrainedInit):
+    """mmengine's ``Pretrained`` initialiser for FcaFormer checkpoints in any
+    layout.
+
+    :class:`~mmfca.models.FcaFormer` runs its ``init_cfg=dict(
+    type='Pretrained', ...)`` with this class, which takes two keys more
+    than mmengine's :class:`~mmengine.model.PretrainedInit`. The file is
+    read by :func:`~mmfca.utils.serialization.load_checkpoint_file` (local
+    paths, URLs and mmengine storage backends, always ``weights_only``);
+    the weights are picked out of official and mmengine checkpoints (EMA on
+    request), checked against the backbone and loaded through
+    ``load_state_dict``, whose pre-hook renames official keys. The outcome
+    is kept in the backbone's ``load_report``.
 
     Args:
-        model (FcaFormer): The backbone.
-        filename (str): Checkpoint path.
+        checkpoint (str): Checkpoint path or URL.
         prefix (str, optional): Name prefix of the backbone in the
             checkpoint, e.g. 'backbone.'. Defaults to None (strip
-            'backbone.' when present).
-        use_ema (bool): Load the EMA weights. Defaults to False.
+            'backbone.' when present; official ImageNet weights are taken
+            whole with any prefix).
+        map_location: Where the tensors are read to, as in
+            :func:`torch.load`. Defaults to 'cpu'.
+        use_ema (bool): Load the EMA weights (official ``model_ema``,
+            mmengine's ``ema_state_dict``). Defaults to False.
         strict (bool): Refuse a checkpoint that lacks backbone tensors,
             except the output layers of a backbone started from an ImageNet
             classifier (the file cannot have them). With False, the tensors
@@ -413,73 +525,72 @@ def load_backbone_state_dict(model,
             checkpoint that matches no tensor is refused either way.
             Defaults to True.
 
-    Returns:
-        dict: Key names by outcome: ``loaded``, ``new_outputs`` (output
-        layers the checkpoint cannot have, freshly initialised),
-        ``missing`` (other model keys the checkpoint lacks; only with
-        ``strict=False``) and ``unused`` (checkpoint keys the backbone has
-        no place for).
-
     Raises:
-        ValueError: When shapes do not match the model (another arch or
-            window size), or the checkpoint lacks backbone tensors; the
-            message names what the checkpoint holds.
+        ValueError: For keys it does not know, when shapes do not match the
+            model (another arch or window size), or when the checkpoint
+            lacks backbone tensors; the message names what the checkpoint
+            holds.
     """
-    checkpoint = select_state_dict(load_weights(filename), use_ema)
-    state_dict, used_prefix = strip_prefix(checkpoint, prefix)
-    where = _where(prefix, used_prefix, bool(state_dict))
-    unknown = []
-    if is_official_layout(state_dict):
-        # The classifier head is not the backbone's: report it unused, under
-        # its official name.
-        official_head = [k for k in state_dict if k.startswith('head.')]
-        state_dict, _, unknown = convert_official_keys(state_dict)
-        unknown += official_head
 
-    if model.resize_bias_tables:
-        for name, module in model.named_modules():
-            if hasattr(module, 'fit_tables'):
-                module.fit_tables(state_dict, name + '.')
-    own = model.state_dict()
-    mismatched = [(k, tuple(v.shape), tuple(own[k].shape))
-                  for k, v in state_dict.items()
-                  if k in own and v.shape != own[k].shape]
-    if mismatched:
-        details = '; '.join(f'{k}: checkpoint {a} vs model {b}'
-                            for k, a, b in mismatched[:4])
-        raise ValueError(
-            f'Checkpoint {filename!r} does not fit this FcaFormer: it looks '
-            f'like {describe_arch(state_dict)}, while the model was built '
-            f'with {describe_arch(own)}. {len(mismatched)} shape '
-            f'mismatches, e.g. {details}.{_window_hint(model, state_dict)}')
+    def __init__(self,
+                 checkpoint: str,
+                 prefix: Optional[str] = None,
+                 map_location: MapLocation = 'cpu',
+                 use_ema: bool = False,
+                 strict: bool = True,
+                 **unknown):
+        if unknown:
+            raise ValueError(
+                f'Unknown keys {sorted(unknown)} in the FcaFormer Pretrained '
+                f'init_cfg; allowed: checkpoint, prefix, use_ema, strict, '
+                f'map_location.')
+        super().__init__(checkpoint, prefix=prefix, map_location=map_location)
+        self.use_ema = use_ema
+        self.strict = strict
 
-    new_outputs, absent = check_backbone_coverage(
-        own,
-        state_dict,
-        model.num_stages,
-        source=filename,
-        where=where,
-        checkpoint=checkpoint,
-        fix=("Check the file and `prefix` in the Pretrained init_cfg: the "
-             "backbone's name in the checkpoint, e.g. 'backbone.' for an "
-             "OpenMMLab classifier, segmentor or detector (None takes "
-             "'backbone.' when present)."),
-        strict=strict,
-        opt_out='strict=False in the Pretrained init_cfg')
-    usable = OrderedDict((k, v) for k, v in state_dict.items() if k in own)
-    unused = [k for k in state_dict if k not in own] + unknown
-    model.load_state_dict(usable, strict=False)
-    print_log(
-        f'FcaFormer: loaded {len(usable)} of {len(own)} tensors from '
-        f'{filename}', logger='current')
-    if new_outputs:
-        print_log(f'FcaFormer: newly initialised output layers (not in the '
-                  f'ImageNet checkpoint): {new_outputs}', logger='current')
-    if absent:
-        print_log(f'FcaFormer: strict=False, missing keys left at their '
-                  f'initial values: {absent}', logger='current', level=30)
-    if unused:
-        print_log(f'FcaFormer: checkpoint keys not used by the backbone: '
-                  f'{unused}', logger='current')
-    return dict(loaded=list(usable), new_outputs=new_outputs,
-                missing=absent, unused=unused)
+    def __call__(self, module: nn.Module) -> None:
+        filename = self.checkpoint
+        print_log(f'FcaFormer: loading {filename}', logger='current')
+        checkpoint = select_state_dict(
+            load_checkpoint_file(filename, self.map_location), self.use_ema)
+        state_dict, used_prefix = strip_prefix(checkpoint, self.prefix)
+        where = _where(self.prefix, used_prefix, bool(state_dict))
+        prepare_backbone_state_dict(module, state_dict, source=filename)
+        new_outputs, missing = check_backbone_coverage(
+            module,
+            state_dict,
+            source=filename,
+            where=where,
+            checkpoint=checkpoint,
+            fix=("Check the file and `prefix` in the Pretrained init_cfg: "
+                 "the backbone's name in the checkpoint, e.g. 'backbone.' "
+                 "for an OpenMMLab classifier, segmentor or detector (None "
+                 "takes 'backbone.' when present)."),
+            strict=self.strict,
+            opt_out='strict=False in the Pretrained init_cfg')
+        own = module.state_dict()
+        usable = OrderedDict(
+            (k, v) for k, v in state_dict.items() if k in own)
+        unused = [k for k in state_dict if k not in own]
+        module.load_state_dict(usable, strict=False)
+        print_log(
+            f'FcaFormer: loaded {len(usable)} of {len(own)} tensors from '
+            f'{filename}', logger='current')
+        if new_outputs:
+            print_log(
+                f'FcaFormer: newly initialised output layers (not in the '
+                f'ImageNet checkpoint): {new_outputs}', logger='current')
+        if missing:
+            print_log(
+                f'FcaFormer: strict=False, missing keys left at their '
+                f'initial values: {missing}', logger='current',
+                level=logging.WARNING)
+        if unused:
+            print_log(
+                f'FcaFormer: checkpoint keys not used by the backbone: '
+                f'{unused}', logger='current')
+        module.load_report = dict(loaded=list(usable),
+                                  new_outputs=new_outputs,
+                                  missing=missing, unused=unused)
+        if hasattr(module, '_params_init_info'):
+            update_init_info(module, init_info=self._get_init_info())
