@@ -11,6 +11,7 @@ import mmcv
 from mmdet.apis import DetInferencer
 
 import mmfca  # noqa: F401  registers FcaFormer
+from mmfca.utils import checkpoint_globals
 
 
 def main():
@@ -24,8 +25,12 @@ def main():
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='draw detections scoring at least this')
     args = parser.parse_args()
-    inferencer = DetInferencer(
-        model=args.config, weights=args.checkpoint, device=args.device)
+    # mmengine 0.10.7 reads checkpoints with torch's weights_only
+    # default: mmfca's allow-list covers what its Runner stores.
+    with checkpoint_globals():
+        inferencer = DetInferencer(
+            model=args.config, weights=args.checkpoint,
+            device=args.device)
     result = inferencer(
         args.image, return_vis=True, pred_score_thr=args.score_thr)
     prediction = result['predictions'][0]

@@ -10,6 +10,7 @@ import mmcv
 from mmseg.apis import MMSegInferencer
 
 import mmfca  # noqa: F401  registers FcaFormer
+from mmfca.utils import checkpoint_globals
 
 
 def main():
@@ -23,8 +24,12 @@ def main():
     parser.add_argument('--opacity', type=float, default=0.5,
                         help='opacity of the drawn classes, 0 to 1')
     args = parser.parse_args()
-    inferencer = MMSegInferencer(
-        model=args.config, weights=args.checkpoint, device=args.device)
+    # mmengine 0.10.7 reads checkpoints with torch's weights_only
+    # default: mmfca's allow-list covers what its Runner stores.
+    with checkpoint_globals():
+        inferencer = MMSegInferencer(
+            model=args.config, weights=args.checkpoint,
+            device=args.device)
     result = inferencer(
         args.image, return_vis=True, opacity=args.opacity)
     # One image in: the inferencer returns one RGB drawing, not a list.

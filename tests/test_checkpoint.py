@@ -31,8 +31,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def pretrained(path, arch='l2', **kwargs):
     init = dict(type='Pretrained', checkpoint=path)
-    init.update({k: kwargs.pop(k) for k in ('prefix', 'use_ema')
-                 if k in kwargs})
+    init.update(
+        {k: kwargs.pop(k)
+         for k in ('prefix', 'use_ema') if k in kwargs})
     model = FcaFormer(arch, init_cfg=init, **kwargs)
     model.init_weights()
     return model.eval()
@@ -50,16 +51,19 @@ def assert_backbone_equals(model, official_weights):
 def test_official_imagenet_checkpoint_loads_model_weights(
         official_cls, prefix):
     ckpt = official_cls['l2']
-    model = pretrained(ckpt['path'], out_indices=(0, 1, 2, 3),
-                       out_channels=L2_DENSE_WIDTHS, prefix=prefix)
+    model = pretrained(
+        ckpt['path'],
+        out_indices=(0, 1, 2, 3),
+        out_channels=L2_DENSE_WIDTHS,
+        prefix=prefix)
     assert_backbone_equals(model, ckpt['model'])
     report = model.load_report
     # Every backbone tensor came from the file; only the new output
     # projections did not, and the classifier's ending was not used.
     assert not report['missing']
-    assert sorted({k.split('.')[0] for k in report['new_outputs']}) == [
-        'proj0', 'proj1', 'proj2', 'proj3'
-    ]
+    assert sorted({k.split('.')[0]
+                   for k in report['new_outputs']
+                   }) == ['proj0', 'proj1', 'proj2', 'proj3']
     # The classifier's final norm (norm_head, our norm3) has no place in a
     # backbone with output projections either.
     assert sorted(report['unused']) == [
@@ -79,8 +83,11 @@ def test_official_imagenet_checkpoint_ema_on_request(official_cls):
 
 def test_official_downstream_checkpoint_gives_official_features(
         official_dense_l2):
-    model = pretrained(official_dense_l2['path'], out_indices=(0, 1, 2, 3),
-                       out_channels=L2_DENSE_WIDTHS, prefix='backbone.')
+    model = pretrained(
+        official_dense_l2['path'],
+        out_indices=(0, 1, 2, 3),
+        out_channels=L2_DENSE_WIDTHS,
+        prefix='backbone.')
     assert not model.load_report['missing']
     assert not model.load_report['new_outputs']
     x = torch.randn(1, 3, 120, 90)
@@ -96,18 +103,18 @@ def test_own_checkpoints_and_their_ema(tmp_path):
     source.init_weights()
     state = {f'backbone.{k}': v for k, v in source.state_dict().items()}
     state['head.fc.weight'] = torch.zeros(10, 320)
-    ema = {f'module.{k}': v + 1 for k, v in state.items()
-           if v.is_floating_point()}
+    ema = {
+        f'module.{k}': v + 1
+        for k, v in state.items() if v.is_floating_point()
+    }
     ema['steps'] = torch.tensor(5)
     path = str(tmp_path / 'ours.pth')
     torch.save(dict(state_dict=state, ema_state_dict=ema, meta={}), path)
 
-    model = pretrained(path, arch='l1', out_indices=(3, ),
-                       prefix='backbone.')
+    model = pretrained(path, arch='l1', out_indices=(3, ), prefix='backbone.')
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
-    ema_model = pretrained(path, arch='l1', out_indices=(3, ),
-                           use_ema=True)
+    ema_model = pretrained(path, arch='l1', out_indices=(3, ), use_ema=True)
     weight = 'stages.2.blocks.0.attn.qkv.weight'
     assert torch.equal(ema_model.state_dict()[weight],
                        source.state_dict()[weight] + 1)
@@ -121,7 +128,9 @@ def test_converted_checkpoint_loads_strictly_into_the_classifier_config(
         sys.executable,
         os.path.join(REPO, 'tools/model_converters/official_to_mmfca.py'),
         ckpt['path'], dst
-    ], check=True, capture_output=True)
+    ],
+                   check=True,
+                   capture_output=True)
     cfg = load_config(os.path.join(REPO, 'configs/fcaformer_l1_in1k.py'))
     model = build_model(cfg)
     load_checkpoint(model, dst, strict=True)
@@ -139,10 +148,11 @@ def test_checkpoint_of_another_arch_names_it(official_cls):
 
 
 def test_window_size_that_misses_the_bias_tables(official_dense_l2):
-    with pytest.raises(ValueError, match='stage 3 tables are for window 14'
-                       '.*uses 12'):
-        pretrained(official_dense_l2['path'], window_size=(12, 7),
-                   prefix='backbone.')
+    with pytest.raises(
+            ValueError, match='stage 3 tables are for window 14'
+            '.*uses 12'):
+        pretrained(
+            official_dense_l2['path'], window_size=(12, 7), prefix='backbone.')
 
 
 def test_missing_checkpoint_file(tmp_path):
@@ -171,8 +181,11 @@ def test_foreign_pickles_are_refused(tmp_path):
 
 
 def test_unknown_pretrained_option_is_refused(official_cls):
-    model = FcaFormer('l1', init_cfg=dict(
-        type='Pretrained', checkpoint=official_cls['l1']['path'], ema=True))
+    model = FcaFormer(
+        'l1',
+        init_cfg=dict(
+            type='Pretrained', checkpoint=official_cls['l1']['path'],
+            ema=True))
     with pytest.raises(ValueError, match=r"Unknown keys \['ema'\]"):
         model.init_weights()
 
@@ -182,8 +195,8 @@ class TinyClassifier(BaseModel):
 
     def __init__(self):
         super().__init__()
-        self.backbone = FcaFormer('l1', out_indices=(3, ),
-                                  gap_before_final_norm=True)
+        self.backbone = FcaFormer(
+            'l1', out_indices=(3, ), gap_before_final_norm=True)
 
     def forward(self, inputs, data_samples=None, mode='tensor'):
         return self.backbone(inputs)
@@ -191,8 +204,8 @@ class TinyClassifier(BaseModel):
 
 @pytest.fixture
 def runner(tmp_path):
-    return ReliableRunner(model=TinyClassifier(),
-                          work_dir=str(tmp_path / 'run'))
+    return ReliableRunner(
+        model=TinyClassifier(), work_dir=str(tmp_path / 'run'))
 
 
 @pytest.fixture(scope='module')
@@ -226,11 +239,13 @@ def test_mmengine_checkpoints_load_under_weights_only(mmengine_checkpoint,
     path = mmengine_checkpoint['path']
     state = mmengine_checkpoint['state']
     assert load_checkpoint_file(path)['meta']['seed'] == 3
-    backbone = pretrained(path, arch='l1', out_indices=(3, ),
-                          gap_before_final_norm=True)
+    backbone = pretrained(
+        path, arch='l1', out_indices=(3, ), gap_before_final_norm=True)
     runner.load_checkpoint(path, strict=True)
     classifier = timm.create_model(
-        'fcaformer_l1', pretrained=True, num_classes=0,
+        'fcaformer_l1',
+        pretrained=True,
+        num_classes=0,
         pretrained_cfg_overlay=dict(file=path))
     for key, value in state.items():
         name = key[len('backbone.'):]
@@ -284,12 +299,17 @@ def test_trust_guard_does_not_depend_on_mmengines_torch_load(
     loaded = mmengine_checkpoint_module._load_checkpoint(path)
     assert isinstance(loaded['meta']['payload'], NotWeights)
 
-    with pytest.raises(RuntimeError, match='Refusing to load.*'
-                       '--trust-checkpoint'):
+    with pytest.raises(
+            RuntimeError, match='Refusing to load.*'
+            '--trust-checkpoint'):
         runner.load_checkpoint(path)
     with pytest.raises(RuntimeError, match='Refusing to load'):
-        pretrained(path, arch='l1', out_indices=(3, ),
-                   gap_before_final_norm=True, prefix='backbone.')
+        pretrained(
+            path,
+            arch='l1',
+            out_indices=(3, ),
+            gap_before_final_norm=True,
+            prefix='backbone.')
     runner.trust_checkpoint = True
     loaded = runner.load_checkpoint(path)
     assert isinstance(loaded['meta']['payload'], NotWeights)
@@ -307,8 +327,7 @@ def served(tmp_path):
     root = tmp_path / 'www'
     root.mkdir()
     server = http.server.ThreadingHTTPServer(
-        ('127.0.0.1', 0), functools.partial(QuietHandler,
-                                            directory=str(root)))
+        ('127.0.0.1', 0), functools.partial(QuietHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield dict(root=root, url=f'http://127.0.0.1:{server.server_port}')
@@ -331,9 +350,12 @@ def test_pretrained_reads_urls_and_honours_map_location(
         locations.append(location)
         return storage
 
-    model = FcaFormer('l1', init_cfg=dict(
-        type='Pretrained', checkpoint=checkpoint,
-        map_location=map_location))
+    model = FcaFormer(
+        'l1',
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint=checkpoint,
+            map_location=map_location))
     model.init_weights()
     assert_backbone_equals(model, official_cls['l1']['model'])
     # The file's tensors were placed by map_location.
@@ -349,14 +371,14 @@ def test_official_names_load_through_mmengines_load_checkpoint(
     """The backbone's load-state-dict pre-hook renames official keys in
     any load, here mmengine's load_checkpoint of a whole segmentor file."""
     segmentor = torch.nn.Module()
-    segmentor.backbone = FcaFormer('l2', out_indices=(0, 1, 2, 3),
-                                   out_channels=L2_DENSE_WIDTHS)
+    segmentor.backbone = FcaFormer(
+        'l2', out_indices=(0, 1, 2, 3), out_channels=L2_DENSE_WIDTHS)
     load_checkpoint(segmentor, official_dense_l2['path'])
     expected, _, _ = convert_official_keys(official_dense_l2['weights'])
     state = segmentor.backbone.state_dict()
     assert set(expected) <= set(state)
-    assert all(k.endswith('num_batches_tracked')
-               for k in set(state) - set(expected))
+    assert all(
+        k.endswith('num_batches_tracked') for k in set(state) - set(expected))
     for key, value in expected.items():
         assert torch.equal(state[key], value), key
 
@@ -395,8 +417,10 @@ def l1_without_stage_4(tmp_path_factory):
     own weights it was cut from."""
     source = FcaFormer('l1', out_indices=(3, ), gap_before_final_norm=True)
     state = source.state_dict()
-    kept = {f'backbone.{k}': v for k, v in state.items()
-            if not k.startswith('stages.3.')}
+    kept = {
+        f'backbone.{k}': v
+        for k, v in state.items() if not k.startswith('stages.3.')
+    }
     path = str(tmp_path_factory.mktemp('partial') / 'l1_partial.pth')
     torch.save(dict(state_dict=kept), path)
     removed = [k for k in state if k.startswith('stages.3.')]
@@ -441,11 +465,14 @@ def test_checkpoint_of_another_model_is_refused(resnet18_file, strict):
 @pytest.mark.parametrize('prefix', ['decode_head.', 'model.backbone.'])
 def test_segmentor_checkpoint_with_a_wrong_prefix_is_refused(
         official_dense_l2, prefix):
-    model = FcaFormer('l2', out_indices=(0, 1, 2, 3),
-                      out_channels=L2_DENSE_WIDTHS,
-                      init_cfg=dict(type='Pretrained',
-                                    checkpoint=official_dense_l2['path'],
-                                    prefix=prefix))
+    model = FcaFormer(
+        'l2',
+        out_indices=(0, 1, 2, 3),
+        out_channels=L2_DENSE_WIDTHS,
+        init_cfg=dict(
+            type='Pretrained',
+            checkpoint=official_dense_l2['path'],
+            prefix=prefix))
     total = len(model.state_dict())
     with pytest.raises(ValueError) as info:
         model.init_weights()
@@ -463,22 +490,23 @@ def test_dense_checkpoint_missing_an_output_projection_is_refused(
     del checkpoint['state_dict']['backbone.head2.weight']
     path = str(tmp_path / 'no_head2.pth')
     torch.save(checkpoint, path)
-    model = FcaFormer('l2', out_indices=(0, 1, 2, 3),
-                      out_channels=L2_DENSE_WIDTHS)
+    model = FcaFormer(
+        'l2', out_indices=(0, 1, 2, 3), out_channels=L2_DENSE_WIDTHS)
     total = len(model.state_dict())
-    with pytest.raises(ValueError,
-                       match=rf"{total - 1} of {total} backbone tensors "
-                       rf".*'proj2\.conv\.weight'.*strict=False"):
-        pretrained(path, out_indices=(0, 1, 2, 3),
-                   out_channels=L2_DENSE_WIDTHS)
+    with pytest.raises(
+            ValueError,
+            match=rf"{total - 1} of {total} backbone tensors "
+            rf".*'proj2\.conv\.weight'.*strict=False"):
+        pretrained(
+            path, out_indices=(0, 1, 2, 3), out_channels=L2_DENSE_WIDTHS)
 
 
 def test_partial_checkpoint_needs_strict_false(l1_without_stage_4):
     ckpt = l1_without_stage_4
     total = len(ckpt['state'])
     init = dict(type='Pretrained', checkpoint=ckpt['path'])
-    model = FcaFormer('l1', out_indices=(3, ), gap_before_final_norm=True,
-                      init_cfg=init)
+    model = FcaFormer(
+        'l1', out_indices=(3, ), gap_before_final_norm=True, init_cfg=init)
     with pytest.raises(ValueError) as info:
         model.init_weights()
     message = str(info.value)
@@ -487,8 +515,11 @@ def test_partial_checkpoint_needs_strict_false(l1_without_stage_4):
             f"found under prefix 'backbone.'") in message
     assert 'stages.3.' in message and 'strict=False' in message
 
-    model = FcaFormer('l1', out_indices=(3, ), gap_before_final_norm=True,
-                      init_cfg=dict(init, strict=False))
+    model = FcaFormer(
+        'l1',
+        out_indices=(3, ),
+        gap_before_final_norm=True,
+        init_cfg=dict(init, strict=False))
     with LoggedRecords() as records:
         model.init_weights()
     # BN batch counters are not weights (torch does not require them).
@@ -498,39 +529,50 @@ def test_partial_checkpoint_needs_strict_false(l1_without_stage_4):
     for key, value in ckpt['state'].items():
         if key not in ckpt['removed']:
             assert torch.equal(state[key], value), key
-    warnings = [r.getMessage() for r in records
-                if r.levelno == logging.WARNING]
+    warnings = [
+        r.getMessage() for r in records if r.levelno == logging.WARNING
+    ]
     assert any('stages.3.blocks.0.attn.qkv.weight' in w for w in warnings)
 
 
-@pytest.mark.parametrize('kwargs', [{}, {'features_only': True},
-                                    {'num_classes': 10}])
+@pytest.mark.parametrize('kwargs', [{}, {
+    'features_only': True
+}, {
+    'num_classes': 10
+}])
 def test_timm_refuses_a_file_of_another_model(resnet18_file, kwargs):
     """timm loads non-strictly for features_only and another num_classes;
     the backbone check holds anyway."""
     import timm
-    with pytest.raises(ValueError,
-                       match=rf"{re.escape(resnet18_file)}.*0 of \d+ "
-                       r"backbone tensors.*'conv1', 'fc', 'layer1'"):
-        timm.create_model('fcaformer_l1', pretrained=True,
-                          pretrained_cfg_overlay=dict(file=resnet18_file),
-                          **kwargs)
+    with pytest.raises(
+            ValueError,
+            match=rf"{re.escape(resnet18_file)}.*0 of \d+ "
+            r"backbone tensors.*'conv1', 'fc', 'layer1'"):
+        timm.create_model(
+            'fcaformer_l1',
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=resnet18_file),
+            **kwargs)
 
 
-def test_timm_partial_file_needs_pretrained_strict_false(
-        l1_without_stage_4):
+def test_timm_partial_file_needs_pretrained_strict_false(l1_without_stage_4):
     import timm
     ckpt = l1_without_stage_4
     total = len(ckpt['state'])
-    with pytest.raises(ValueError,
-                       match=rf"{total - len(ckpt['removed'])} of {total} "
-                       r'backbone tensors.*pretrained_strict=False'):
-        timm.create_model('fcaformer_l1', pretrained=True,
-                          pretrained_cfg_overlay=dict(file=ckpt['path']),
-                          features_only=True)
-    model = timm.create_model('fcaformer_l1', pretrained=True,
-                              pretrained_cfg_overlay=dict(file=ckpt['path']),
-                              pretrained_strict=False)
+    with pytest.raises(
+            ValueError,
+            match=rf"{total - len(ckpt['removed'])} of {total} "
+            r'backbone tensors.*pretrained_strict=False'):
+        timm.create_model(
+            'fcaformer_l1',
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=ckpt['path']),
+            features_only=True)
+    model = timm.create_model(
+        'fcaformer_l1',
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=ckpt['path']),
+        pretrained_strict=False)
     state = model.backbone.state_dict()
     for key, value in ckpt['state'].items():
         if key not in ckpt['removed']:
@@ -563,12 +605,12 @@ def test_converter_refuses_a_file_of_another_model(resnet18_file, tmp_path,
     assert not os.path.exists(dst)
 
 
-def test_converter_refuses_an_incomplete_official_file(
-        official_dense_l2, tmp_path, monkeypatch):
+def test_converter_refuses_an_incomplete_official_file(official_dense_l2,
+                                                       tmp_path, monkeypatch):
     tool = converter()
     checkpoint = torch.load(official_dense_l2['path'])
-    model = FcaFormer('l2', out_indices=(0, 1, 2, 3),
-                      out_channels=L2_DENSE_WIDTHS)
+    model = FcaFormer(
+        'l2', out_indices=(0, 1, 2, 3), out_channels=L2_DENSE_WIDTHS)
     expected = [f'backbone.{k}' for k in model.state_dict()]
     expected.append('decode_head.conv_seg.weight')
     assert sorted(tool.convert(checkpoint)) == sorted(expected)
@@ -589,8 +631,11 @@ def test_loading_survives_another_librarys_safe_globals_context(official_cls):
     argparse.Namespace this way): official files still load after one."""
     with torch.serialization.safe_globals([argparse.Namespace]):
         pass
-    model = FcaFormer('l1', out_indices=(3, ), gap_before_final_norm=True,
-                      init_cfg=dict(type='Pretrained',
-                                    checkpoint=official_cls['l1']['path']))
+    model = FcaFormer(
+        'l1',
+        out_indices=(3, ),
+        gap_before_final_norm=True,
+        init_cfg=dict(
+            type='Pretrained', checkpoint=official_cls['l1']['path']))
     model.init_weights()
     assert model.load_report['loaded']

@@ -14,6 +14,7 @@ from reference import official_shapes
 from mmfca.utils.complexity import complexity
 from mmfca.testing import ade20k_cpu_overrides
 from mmfca import apis
+from mmfca.utils.serialization import checkpoint_globals
 from mmfca.engine.optimizers import cpu_computes_bfloat16
 from mmfca.models.utils.checkpoint import _convert_official_key
 from mmfca.apis import build_model, load_config
@@ -100,7 +101,9 @@ def test_inferencer_and_demo(seg_run, tmp_path):
     assert mmcv.imread(out).shape == mmcv.imread(image).shape
 
     from mmseg.apis import inference_model, init_model
-    model = init_model(SEG_CONFIG, seg_run['checkpoint'], device='cpu')
+    with checkpoint_globals():
+        model = init_model(SEG_CONFIG, seg_run['checkpoint'],
+                           device='cpu')
     prediction = inference_model(model, image)
     assert prediction.pred_sem_seg.data.shape[-2:] == mmcv.imread(
         image).shape[:2]

@@ -17,13 +17,12 @@ from timm.models import (build_model_with_cfg, generate_default_cfgs,
 # A private timm module (verified with timm 1.0.x).
 from timm.models._features import feature_take_indices
 
-from ..utils.versions import check_verified
 from ..utils.serialization import checkpoint_globals
+from ..utils.versions import check_verified
 from .backbones import FcaFormer
 from .utils.checkpoint import (check_backbone_coverage,
-                                convert_official_state_dict,
-                                is_official_layout, select_state_dict,
-                                strip_prefix)
+                               convert_official_state_dict, is_official_layout,
+                               select_state_dict, strip_prefix)
 
 check_verified('timm', 'timm.models._features.feature_take_indices')
 

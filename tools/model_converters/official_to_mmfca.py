@@ -84,8 +84,9 @@ def convert(checkpoint: dict, use_ema: bool = False) -> OrderedDict:
     missing = [k for k in expected if k not in backbone]
     if not any(k.startswith('proj') for k in backbone):
         # An ImageNet classifier: its head becomes mmpretrain's.
-        missing += [k for k in ('head.fc.weight', 'head.fc.bias')
-                    if k not in out]
+        missing += [
+            k for k in ('head.fc.weight', 'head.fc.bias') if k not in out
+        ]
     if missing:
         raise ValueError(
             f'the official FcaFormer-{arch.upper()} weights are incomplete: '

@@ -18,7 +18,7 @@ from mmengine.runner import Runner, find_latest_checkpoint
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from ...datasets.checks import (check_dataloader_paths, check_not_empty,
-                               explain_build_error)
+                                explain_build_error)
 from ...utils.serialization import MapLocation, load_checkpoint_file
 from ...utils.versions import check_verified
 from ..optimizers.amp_optim_wrapper import accelerator_available

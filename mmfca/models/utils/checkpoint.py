@@ -126,9 +126,8 @@ def is_official_layout(keys: Iterable[str]) -> bool:
         for k in keys)
 
 
-def convert_official_keys(
-    state_dict: Dict[str, torch.Tensor]
-) -> Tuple[OrderedDict, OrderedDict, list]:
+def convert_official_keys(state_dict: Dict[str, torch.Tensor]
+                          ) -> Tuple[OrderedDict, OrderedDict, list]:
     """Rename an official state dict (without ``backbone.``) to mmfca names.
 
     Args:
@@ -151,8 +150,8 @@ def convert_official_keys(
     return backbone, head, unknown
 
 
-def convert_official_state_dict(
-        state_dict: Dict[str, torch.Tensor]) -> Tuple[OrderedDict, list]:
+def convert_official_state_dict(state_dict: Dict[str, torch.Tensor]
+                                ) -> Tuple[OrderedDict, list]:
     """Rename a whole official model to mmfca / mmpretrain names.
 
     Args:
@@ -171,8 +170,8 @@ def convert_official_state_dict(
     out = OrderedDict((f'backbone.{k}', v) for k, v in converted.items())
     out.update((f'head.{k}', v) for k, v in head.items())
     if prefix:
-        out.update((k, v) for k, v in state_dict.items()
-                   if not k.startswith(prefix))
+        out.update(
+            (k, v) for k, v in state_dict.items() if not k.startswith(prefix))
     return out, unknown
 
 
@@ -210,8 +209,9 @@ def select_state_dict(checkpoint, use_ema: bool = False) -> Dict:
     state_dict = OrderedDict(
         (k[len('module.'):] if k.startswith('module.') else k, v)
         for k, v in state_dict.items())
-    non_tensors = [k for k, v in state_dict.items()
-                   if not isinstance(v, torch.Tensor)]
+    non_tensors = [
+        k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)
+    ]
     if non_tensors:
         raise TypeError(
             f'The selected weights hold non-tensor entries '
@@ -236,8 +236,7 @@ def strip_prefix(state_dict: Dict,
     wanted = prefix if prefix is not None else 'backbone.'
     if wanted and not wanted.endswith('.'):
         wanted += '.'
-    selected = OrderedDict((k[len(wanted):], v)
-                           for k, v in state_dict.items()
+    selected = OrderedDict((k[len(wanted):], v) for k, v in state_dict.items()
                            if wanted and k.startswith(wanted))
     if selected:
         return selected, wanted
@@ -273,8 +272,10 @@ def infer_arch(state_dict: Dict[str, torch.Tensor],
         ``num_heads``, ``patch_size`` for a plain model; empty without any
         ``stages.*`` key).
     """
-    stage_ids = {int(m.group(1)) for m in (re.match(r'stages\.(\d+)\.', k)
-                                           for k in state_dict) if m}
+    stage_ids = {
+        int(m.group(1))
+        for m in (re.match(r'stages\.(\d+)\.', k) for k in state_dict) if m
+    }
     if not stage_ids:
         return None, {}
     channels, depths, heads = [], [], []
@@ -291,8 +292,8 @@ def infer_arch(state_dict: Dict[str, torch.Tensor],
         channels.append(int(width.shape[0]) if width is not None else 0)
         bias = state_dict.get(f'stages.{stage}.blocks.0.attn.position_bias')
         heads.append(int(bias.shape[0]) if bias is not None else 0)
-    found = dict(channels=tuple(channels), depths=tuple(depths),
-                 num_heads=tuple(heads))
+    found = dict(
+        channels=tuple(channels), depths=tuple(depths), num_heads=tuple(heads))
     patch = state_dict.get('downsample_layers.0.weight')
     if patch is not None:
         found['patch_size'] = int(patch.shape[-1])
@@ -569,28 +570,33 @@ class FcaFormerPretrainedInit(PretrainedInit):
             strict=self.strict,
             opt_out='strict=False in the Pretrained init_cfg')
         own = module.state_dict()
-        usable = OrderedDict(
-            (k, v) for k, v in state_dict.items() if k in own)
+        usable = OrderedDict((k, v) for k, v in state_dict.items() if k in own)
         unused = [k for k in state_dict if k not in own]
         module.load_state_dict(usable, strict=False)
         print_log(
             f'FcaFormer: loaded {len(usable)} of {len(own)} tensors from '
-            f'{filename}', logger='current')
+            f'{filename}',
+            logger='current')
         if new_outputs:
             print_log(
                 f'FcaFormer: newly initialised output layers (not in the '
-                f'ImageNet checkpoint): {new_outputs}', logger='current')
+                f'ImageNet checkpoint): {new_outputs}',
+                logger='current')
         if missing:
             print_log(
                 f'FcaFormer: strict=False, missing keys left at their '
-                f'initial values: {missing}', logger='current',
+                f'initial values: {missing}',
+                logger='current',
                 level=logging.WARNING)
         if unused:
             print_log(
                 f'FcaFormer: checkpoint keys not used by the backbone: '
-                f'{unused}', logger='current')
-        module.load_report = dict(loaded=list(usable),
-                                  new_outputs=new_outputs,
-                                  missing=missing, unused=unused)
+                f'{unused}',
+                logger='current')
+        module.load_report = dict(
+            loaded=list(usable),
+            new_outputs=new_outputs,
+            missing=missing,
+            unused=unused)
         if hasattr(module, '_params_init_info'):
             update_init_info(module, init_info=self._get_init_info())
