@@ -25,6 +25,10 @@ import numpy as np
 import torch
 from mmengine.fileio import LocalBackend, get_file_backend
 
+from .versions import check_verified
+
+check_verified('mmengine', 'the objects its checkpoints pickle')
+
 MapLocation = Optional[Union[str, torch.device, Callable, dict]]
 
 
@@ -61,6 +65,7 @@ def _history_buffer_statistic(owner: Any, name: str) -> Any:
     # The four built-in statistics, and any registered with
     # HistoryBuffer.register_statistics in this process.
     allowed = {'min', 'max', 'current', 'mean'}
+    # A private registry of HistoryBuffer (verified with mmengine 0.10.7).
     allowed.update(HistoryBuffer._statistics_methods)
     if owner is HistoryBuffer and name in allowed:
         return getattr(owner, name)
