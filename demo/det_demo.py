@@ -29,8 +29,7 @@ def main():
     # default: mmfca's allow-list covers what its Runner stores.
     with checkpoint_globals():
         inferencer = DetInferencer(
-            model=args.config, weights=args.checkpoint,
-            device=args.device)
+            model=args.config, weights=args.checkpoint, device=args.device)
     result = inferencer(
         args.image, return_vis=True, pred_score_thr=args.score_thr)
     prediction = result['predictions'][0]

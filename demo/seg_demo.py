@@ -28,8 +28,7 @@ def main():
     # default: mmfca's allow-list covers what its Runner stores.
     with checkpoint_globals():
         inferencer = MMSegInferencer(
-            model=args.config, weights=args.checkpoint,
-            device=args.device)
+            model=args.config, weights=args.checkpoint, device=args.device)
     result = inferencer(
         args.image, return_vis=True, opacity=args.opacity)
     # One image in: the inferencer returns one RGB drawing, not a list.
