@@ -24,6 +24,24 @@ def synthetic_ade(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
+def synthetic_coco(tmp_path_factory):
+    """Synthetic COCO: 10 training and 4 validation images."""
+    from mmfca.testing import make_synthetic_coco
+    root = str(tmp_path_factory.mktemp('synthetic_coco'))
+    make_synthetic_coco(root, num_train=10, num_val=4, size=128)
+    return root
+
+
+@pytest.fixture(scope='session')
+def synthetic_imagenet(tmp_path_factory):
+    """Synthetic ImageNet: 32 training and 8 validation images of 96x96."""
+    from mmfca.testing import make_synthetic_imagenet
+    root = str(tmp_path_factory.mktemp('synthetic_imagenet'))
+    make_synthetic_imagenet(root, num_train=32, num_val=8, size=96)
+    return root
+
+
+@pytest.fixture(scope='session')
 def ckpt_dir(tmp_path_factory):
     return tmp_path_factory.mktemp('checkpoints')
 

@@ -11,56 +11,51 @@ from mmengine.optim import build_optim_wrapper
 from reference import reference_forward
 
 from mmfca import apis
-from mmfca.utils.serialization import (checkpoint_globals,
-                                       load_checkpoint_file)
-from mmfca.engine.optimizers import cpu_computes_bfloat16
-from mmfca.testing import make_synthetic_imagenet
-from mmfca.models import FcaFormer
 from mmfca.apis import build_model, load_config
+from mmfca.engine.optimizers import cpu_computes_bfloat16
+from mmfca.models import FcaFormer
+from mmfca.testing import synthetic_data_overrides
+from mmfca.utils.serialization import checkpoint_globals, load_checkpoint_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 L1_CONFIG = os.path.join(REPO, 'configs/fcaformer_l1_in1k.py')
+# The real L1 config on synthetic ImageNet, for 2 epochs.
+SYNTHETIC_L1 = os.path.join(
+    REPO, 'configs/synthetic/fcaformer_l1_synthetic_imagenet.py')
 SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
-DET_CONFIG = os.path.join(REPO, 'configs/mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
+DET_CONFIG = os.path.join(REPO,
+                          'configs/mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
 L1_WIDE = (64, 128, 256, 512)
 
 
-def synthetic_overrides(root):
-    options = []
-    for split in ('train', 'val', 'test'):
-        options += [f'{split}_dataloader.dataset.data_root={root}',
-                    f'{split}_dataloader.num_workers=0',
-                    f'{split}_dataloader.persistent_workers=False']
-    return options + [
-        'train_dataloader.batch_size=8', 'val_dataloader.batch_size=8',
-        'train_cfg.max_epochs=2', 'train_cfg.val_interval=2',
-        'param_scheduler.0.end=1', 'param_scheduler.1.begin=1',
-        'default_hooks.logger.interval=1', 'randomness.seed=0'
-    ]
-
-
 @pytest.fixture(scope='session')
-def l1_run(tmp_path_factory):
+def l1_run(synthetic_imagenet, tmp_path_factory):
     """Train the L1 classifier config for 2 short epochs (EMA on), with
     ``--amp`` (bfloat16 autocast on a CPU)."""
-    root = str(tmp_path_factory.mktemp('synthetic_imagenet'))
-    make_synthetic_imagenet(root, num_train=32, num_val=8, size=96)
+    root = synthetic_imagenet
     work_dir = str(tmp_path_factory.mktemp('l1_in1k'))
-    apis.train([L1_CONFIG, '--work-dir', work_dir, '--amp',
-                  '--cfg-options'] + synthetic_overrides(root))
+    apis.train(
+        [SYNTHETIC_L1, '--work-dir', work_dir, '--amp', '--cfg-options'] +
+        synthetic_data_overrides('imagenet', root))
     checkpoint = os.path.join(work_dir, 'epoch_2.pth')
-    return dict(root=root, checkpoint=checkpoint, work_dir=work_dir,
-                saved=load_checkpoint_file(checkpoint,
-                                           map_location='cpu'))
+    return dict(
+        root=root,
+        checkpoint=checkpoint,
+        work_dir=work_dir,
+        saved=load_checkpoint_file(checkpoint, map_location='cpu'))
 
 
 def backbone_weights(saved, ema=False):
     if ema:
-        return {k[len('module.backbone.'):]: v
-                for k, v in saved['ema_state_dict'].items()
-                if k.startswith('module.backbone.')}
-    return {k[len('backbone.'):]: v for k, v in saved['state_dict'].items()
-            if k.startswith('backbone.')}
+        return {
+            k[len('module.backbone.'):]: v
+            for k, v in saved['ema_state_dict'].items()
+            if k.startswith('module.backbone.')
+        }
+    return {
+        k[len('backbone.'):]: v
+        for k, v in saved['state_dict'].items() if k.startswith('backbone.')
+    }
 
 
 def downstream(config, checkpoint, use_ema, extra):
@@ -78,9 +73,13 @@ def downstream(config, checkpoint, use_ema, extra):
 
 @pytest.mark.parametrize('use_ema', [False, True])
 @pytest.mark.parametrize('config, extra', [
-    (SEG_CONFIG, {'model.decode_head.in_channels': list(L1_WIDE),
-                  'model.auxiliary_head.in_channels': 256}),
-    (DET_CONFIG, {'model.neck.in_channels': list(L1_WIDE)}),
+    (SEG_CONFIG, {
+        'model.decode_head.in_channels': list(L1_WIDE),
+        'model.auxiliary_head.in_channels': 256
+    }),
+    (DET_CONFIG, {
+        'model.neck.in_channels': list(L1_WIDE)
+    }),
 ])
 def test_imagenet_checkpoint_feeds_the_downstream_configs(
         l1_run, config, extra, use_ema):
@@ -100,17 +99,18 @@ def test_amp_trains_the_classifier_on_cpu_without_nan(l1_run):
     log = open(glob(os.path.join(l1_run['work_dir'], '*', '*.log'))[0]).read()
     # bfloat16 where this CPU computes it, float32 (with a log line) where
     # it would be emulated.
-    expected = ('bfloat16 autocast on the CPU' if cpu_computes_bfloat16()
-                else 'training in float32 instead of AMP')
+    expected = ('bfloat16 autocast on the CPU' if cpu_computes_bfloat16() else
+                'training in float32 instead of AMP')
     assert expected in log
-    scalars = glob(os.path.join(l1_run['work_dir'], '*', 'vis_data',
-                                'scalars.json'))[0]
-    losses = [json.loads(line)['loss'] for line in open(scalars)
-              if '"loss"' in line]
+    scalars = glob(
+        os.path.join(l1_run['work_dir'], '*', 'vis_data', 'scalars.json'))[0]
+    losses = [
+        json.loads(line)['loss'] for line in open(scalars) if '"loss"' in line
+    ]
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
     weights = l1_run['saved']['state_dict'].values()
-    assert all(torch.isfinite(w).all() for w in weights
-               if w.is_floating_point())
+    assert all(
+        torch.isfinite(w).all() for w in weights if w.is_floating_point())
 
 
 def test_ema_weights_differ_from_the_plain_ones(l1_run):
@@ -166,15 +166,17 @@ def test_bias_tables_resize_for_another_resolution(official_cls):
     """A 224 checkpoint fine-tunes or evaluates at 288 with global
     attention (windows 18 / 9) once the tables are resized."""
     path = official_cls['l1']['path']
-    kwargs = dict(out_indices=(3, ), gap_before_final_norm=True,
-                  window_size=(18, 9))
+    kwargs = dict(
+        out_indices=(3, ), gap_before_final_norm=True, window_size=(18, 9))
     with pytest.raises(ValueError, match='resize_bias_tables=True'):
-        model = FcaFormer('l1', init_cfg=dict(type='Pretrained',
-                                              checkpoint=path), **kwargs)
+        model = FcaFormer(
+            'l1', init_cfg=dict(type='Pretrained', checkpoint=path), **kwargs)
         model.init_weights()
-    model = FcaFormer('l1', resize_bias_tables=True,
-                      init_cfg=dict(type='Pretrained', checkpoint=path),
-                      **kwargs)
+    model = FcaFormer(
+        'l1',
+        resize_bias_tables=True,
+        init_cfg=dict(type='Pretrained', checkpoint=path),
+        **kwargs)
     model.init_weights()
     attn = model.stages[2].blocks[3].attn
     assert attn.position_bias.shape == (6, 18 * 18)
@@ -183,16 +185,19 @@ def test_bias_tables_resize_for_another_resolution(official_cls):
     # The resized table keeps the corners of the old one.
     old = official_cls['l1']['model']['layer_2.blocks.3.attention_biases']
     grid = attn.position_bias.detach().reshape(6, 18, 18)
-    torch.testing.assert_close(grid[:, 0, 0], old.reshape(6, 14, 14)[:, 0, 0],
-                               atol=0.15, rtol=0)
+    torch.testing.assert_close(
+        grid[:, 0, 0], old.reshape(6, 14, 14)[:, 0, 0], atol=0.15, rtol=0)
     model.eval()
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(1, 3, 288, 288))[0]).all()
     # The same through mmengine's load_checkpoint path (load_state_dict).
     again = FcaFormer('l1', resize_bias_tables=True, **kwargs)
     again.load_state_dict(model.state_dict())
-    small = FcaFormer('l1', resize_bias_tables=True, out_indices=(3, ),
-                      gap_before_final_norm=True)
+    small = FcaFormer(
+        'l1',
+        resize_bias_tables=True,
+        out_indices=(3, ),
+        gap_before_final_norm=True)
     small.load_state_dict(model.state_dict())  # 18 -> 14 works as well
     assert small.stages[2].blocks[3].attn.position_bias.shape == (6, 196)
 
@@ -209,4 +214,5 @@ def test_at_224_the_classifier_is_the_official_one(official_cls):
         torch.testing.assert_close(
             model(x, mode='tensor'),
             reference_forward(official_cls['l1']['model'], 'l1', x),
-            rtol=1e-4, atol=2e-5)
+            rtol=1e-4,
+            atol=2e-5)

@@ -16,15 +16,18 @@ import pytest
 import torch
 
 from mmfca import apis
-from mmfca.utils.serialization import load_checkpoint_file
+from mmfca.apis import build_model, load_config
 from mmfca.datasets import LoadImageFromFileOrSkip
-from mmfca.testing import ade20k_cpu_overrides
 from mmfca.datasets.checks import check_dataset_paths
 from mmfca.engine.runner import find_resumable_checkpoint
-from mmfca.apis import build_model, load_config
+from mmfca.testing import synthetic_data_overrides
+from mmfca.utils.serialization import load_checkpoint_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
+# The real UperNet config on synthetic ADE20K (the README's CPU cycle).
+SYNTHETIC_SEG = os.path.join(
+    REPO, 'configs/synthetic/upernet_fcaformer_l2_synthetic_ade20k.py')
 ITERS = 6
 SMALL_L1 = [
     'model.backbone.arch=l1', 'model.backbone.out_channels=None',
@@ -33,13 +36,17 @@ SMALL_L1 = [
 ]
 
 
-def small_run(root, iters=ITERS, **kwargs):
-    """--cfg-options: UperNet + L1 on the synthetic data, a checkpoint every
-    2 iterations, deterministic algorithms."""
-    return ade20k_cpu_overrides(root, iters, **kwargs) + SMALL_L1 + [
-        'default_hooks.checkpoint.interval=2',
-        'randomness.deterministic=True'
+def small_run(root, iters=ITERS, lr=None):
+    """--cfg-options of the synthetic config: UperNet + L1 on the synthetic
+    data in ``root``, ``iters`` iterations, a checkpoint every 2,
+    deterministic algorithms."""
+    options = synthetic_data_overrides('ade20k', root) + SMALL_L1 + [
+        f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+        'default_hooks.checkpoint.interval=2', 'randomness.deterministic=True'
     ]
+    if lr is not None:
+        options.append(f'optim_wrapper.optimizer.lr={lr}')
+    return options
 
 
 def losses_by_iter(work_dir):
@@ -78,8 +85,8 @@ def assert_identical(a, b, where='checkpoint'):
 def reference(synthetic_ade, tmp_path_factory):
     """An uninterrupted run: 6 iterations, checkpoints at 2, 4 and 6."""
     work_dir = str(tmp_path_factory.mktemp('reference'))
-    apis.train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
-                 small_run(synthetic_ade))
+    apis.train([SYNTHETIC_SEG, '--work-dir', work_dir, '--cfg-options'] +
+               small_run(synthetic_ade))
     return work_dir
 
 
@@ -89,8 +96,10 @@ def killed_and_resumed(synthetic_ade, tmp_path_factory):
     then resumed in-process with ``--resume``."""
     work_dir = str(tmp_path_factory.mktemp('killed'))
     process = subprocess.Popen(
-        [sys.executable, 'tools/train.py', SEG_CONFIG, '--work-dir',
-         work_dir, '--cfg-options'] + small_run(synthetic_ade),
+        [
+            sys.executable, 'tools/train.py', SYNTHETIC_SEG, '--work-dir',
+            work_dir, '--cfg-options'
+        ] + small_run(synthetic_ade),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
@@ -107,8 +116,9 @@ def killed_and_resumed(synthetic_ade, tmp_path_factory):
         partial=glob.glob(pattern),
         files=sorted(os.listdir(work_dir)),
         last=open(os.path.join(work_dir, 'last_checkpoint')).read())
-    apis.train([SEG_CONFIG, '--work-dir', work_dir, '--resume',
-                  '--cfg-options'] + small_run(synthetic_ade))
+    apis.train(
+        [SYNTHETIC_SEG, '--work-dir', work_dir, '--resume', '--cfg-options'] +
+        small_run(synthetic_ade))
     return dict(work_dir=work_dir, after_kill=after_kill)
 
 
@@ -148,20 +158,21 @@ def test_two_deterministic_runs_log_identical_losses(reference,
     assert losses_by_iter(killed_and_resumed['work_dir']) == expected
 
 
-def test_auto_resume_skips_a_truncated_latest_checkpoint(reference, synthetic_ade,
-                                                        tmp_path):
+def test_auto_resume_skips_a_truncated_latest_checkpoint(
+        reference, synthetic_ade, tmp_path):
     for step in (2, 4):
         shutil.copy(os.path.join(reference, f'iter_{step}.pth'), tmp_path)
     broken = str(tmp_path / 'iter_4.pth')
     data = open(broken, 'rb').read()
     open(broken, 'wb').write(data[:len(data) // 2])
     (tmp_path / 'last_checkpoint').write_text(broken)
-    assert find_resumable_checkpoint(str(tmp_path)) == str(
-        tmp_path / 'iter_2.pth')
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path /
+                                                           'iter_2.pth')
     with pytest.raises(RuntimeError, match='truncated or damaged'):
-        apis.test([SEG_CONFIG, broken, '--work-dir',
-                     str(tmp_path / 'test'), '--cfg-options'] +
-                    small_run(synthetic_ade))
+        apis.test([
+            SYNTHETIC_SEG, broken, '--work-dir',
+            str(tmp_path / 'test'), '--cfg-options'
+        ] + small_run(synthetic_ade))
 
 
 def test_checkpoint_with_foreign_objects_needs_trust(reference, synthetic_ade,
@@ -170,8 +181,10 @@ def test_checkpoint_with_foreign_objects_needs_trust(reference, synthetic_ade,
     checkpoint['meta']['saved_on'] = datetime.date(2026, 11, 23)
     path = str(tmp_path / 'foreign.pth')
     torch.save(checkpoint, path)
-    args = [SEG_CONFIG, path, '--work-dir', str(tmp_path / 'test'),
-            '--cfg-options'] + small_run(synthetic_ade)
+    args = [
+        SYNTHETIC_SEG, path, '--work-dir',
+        str(tmp_path / 'test'), '--cfg-options'
+    ] + small_run(synthetic_ade)
     with pytest.raises(RuntimeError, match='--trust-checkpoint'):
         apis.test(args)
     metrics = apis.test(args + ['--trust-checkpoint'])
@@ -180,25 +193,29 @@ def test_checkpoint_with_foreign_objects_needs_trust(reference, synthetic_ade,
 
 def test_missing_checkpoint_is_named(synthetic_ade, tmp_path):
     with pytest.raises(FileNotFoundError, match='nowhere.pth'):
-        apis.test([SEG_CONFIG, str(tmp_path / 'nowhere.pth'),
-                     '--cfg-options'] + small_run(synthetic_ade))
+        apis.test(
+            [SYNTHETIC_SEG,
+             str(tmp_path / 'nowhere.pth'), '--cfg-options'] +
+            small_run(synthetic_ade))
 
 
-def test_nan_loss_stops_before_a_checkpoint_is_written(synthetic_ade, tmp_path):
+def test_nan_loss_stops_before_a_checkpoint_is_written(synthetic_ade,
+                                                       tmp_path):
     work_dir = str(tmp_path)
     # A learning rate of 1e30 turns the weights to inf after one step.
-    options = small_run(synthetic_ade, iters=4, lr=1e30, warmup=1) + [
-        'default_hooks.checkpoint.interval=1'
-    ]
-    with pytest.raises(FloatingPointError,
-                       match=r'iteration 2 \(epoch 1\): loss=nan'):
-        apis.train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
-                     options)
+    options = small_run(
+        synthetic_ade, iters=4,
+        lr=1e30) + ['default_hooks.checkpoint.interval=1']
+    with pytest.raises(
+            FloatingPointError, match=r'iteration 2 \(epoch 1\): loss=nan'):
+        apis.train([SYNTHETIC_SEG, '--work-dir', work_dir, '--cfg-options'] +
+                   options)
     assert sorted(os.path.basename(p)
                   for p in glob.glob(f'{work_dir}/*.pth')) == ['iter_1.pth']
     weights = load(os.path.join(work_dir, 'iter_1.pth'))['state_dict']
-    assert all(torch.isfinite(w).all() for w in weights.values()
-               if w.is_floating_point())
+    assert all(
+        torch.isfinite(w).all() for w in weights.values()
+        if w.is_floating_point())
 
 
 def ddp_config(tmp_path):
@@ -208,7 +225,7 @@ def ddp_config(tmp_path):
     per-process BN on CPU), plain SGD in float32."""
     path = tmp_path / 'ddp_check.py'
     path.write_text(f"""
-_base_ = {SEG_CONFIG!r}
+_base_ = {SYNTHETIC_SEG!r}
 train_dataloader = dict(dataset=dict(pipeline=[
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
@@ -232,11 +249,10 @@ param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False,
 def test_two_cpu_processes_match_one_process_with_twice_the_batch(
         synthetic_ade, tmp_path):
     config = ddp_config(tmp_path)
-    options = [
-        o for o in ade20k_cpu_overrides(synthetic_ade, 1)
-        if not o.startswith(('train_dataloader.dataset.pipeline',
-                             'param_scheduler', 'optim_wrapper'))
-    ] + SMALL_L1 + ['train_cfg.val_interval=100']
+    options = synthetic_data_overrides('ade20k', synthetic_ade) + SMALL_L1 + [
+        'train_cfg.max_iters=1', 'train_cfg.val_interval=100',
+        'default_hooks.checkpoint.interval=1'
+    ]
     # Both runs start from the same weights.
     cfg = load_config(
         config, {
@@ -257,17 +273,24 @@ def test_two_cpu_processes_match_one_process_with_twice_the_batch(
     env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env['PATH']
     two = str(tmp_path / 'two')
     result = subprocess.run(
-        ['bash', 'tools/dist_train.sh', config, '2', '--work-dir', two,
-         '--cfg-options', 'train_dataloader.batch_size=1'] + options,
-        cwd=REPO, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[
-        -3000:]
+        [
+            'bash', 'tools/dist_train.sh', config, '2', '--work-dir', two,
+            '--cfg-options', 'train_dataloader.batch_size=1'
+        ] + options,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True)
+    output = result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, output
     assert 'gloo backend on CPU' in result.stdout + result.stderr
     log = open(glob.glob(os.path.join(two, '*', '*.log'))[0]).read()
     assert 'DDP wraps the CPU model' in log
     one = str(tmp_path / 'one')
-    apis.train([config, '--work-dir', one, '--cfg-options',
-                  'train_dataloader.batch_size=2'] + options)
+    apis.train([
+        config, '--work-dir', one, '--cfg-options',
+        'train_dataloader.batch_size=2'
+    ] + options)
 
     initial = load(start)['state_dict']
     a = load(os.path.join(two, 'iter_1.pth'))['state_dict']
@@ -284,9 +307,10 @@ def test_missing_dataset_directory_is_refused_before_anything_is_written(
         tmp_path):
     work_dir = tmp_path / 'work'
     with pytest.raises(FileNotFoundError, match='data_root .*nowhere'):
-        apis.train([SEG_CONFIG, '--work-dir', str(work_dir),
-                      '--cfg-options'] +
-                     small_run(str(tmp_path / 'nowhere')))
+        apis.train(
+            [SYNTHETIC_SEG, '--work-dir',
+             str(work_dir), '--cfg-options'] +
+            small_run(str(tmp_path / 'nowhere')))
     assert not work_dir.exists()
 
 
@@ -296,8 +320,10 @@ def test_empty_dataset_directory_is_refused(synthetic_ade, tmp_path):
     for path in glob.glob(str(root / 'images' / 'training' / '*')):
         os.remove(path)
     with pytest.raises(ValueError, match='found no samples'):
-        apis.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
-                      '--cfg-options'] + small_run(str(root)))
+        apis.train([
+            SYNTHETIC_SEG, '--work-dir',
+            str(tmp_path / 'work'), '--cfg-options'
+        ] + small_run(str(root)))
 
 
 def test_labels_beyond_num_classes_are_refused(synthetic_ade, tmp_path):
@@ -307,10 +333,13 @@ def test_labels_beyond_num_classes_are_refused(synthetic_ade, tmp_path):
         label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         label[:8, :8] = 200  # class 199 after reduce_zero_label
         cv2.imwrite(path, label)
-    with pytest.raises(ValueError, match=r'holds class\(es\) \[199\].*'
-                       r'num_classes=150'):
-        apis.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
-                      '--cfg-options'] + small_run(str(root)))
+    with pytest.raises(
+            ValueError, match=r'holds class\(es\) \[199\].*'
+            r'num_classes=150'):
+        apis.train([
+            SYNTHETIC_SEG, '--work-dir',
+            str(tmp_path / 'work'), '--cfg-options'
+        ] + small_run(str(root)))
     assert not glob.glob(str(tmp_path / 'work' / '*.pth'))
 
 
@@ -321,8 +350,10 @@ def test_undecodable_images_are_skipped_and_counted(synthetic_ade, tmp_path):
     for path in images[2:]:
         open(path, 'wb').write(b'not an image')
     before = LoadImageFromFileOrSkip.skipped
-    apis.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
-                  '--cfg-options'] + small_run(str(root), iters=3))
+    apis.train(
+        [SYNTHETIC_SEG, '--work-dir',
+         str(tmp_path / 'work'), '--cfg-options'] +
+        small_run(str(root), iters=3))
     assert LoadImageFromFileOrSkip.skipped > before
     log = open(glob.glob(str(tmp_path / 'work' / '*' / '*.log'))[0]).read()
     assert 'it cannot be read as an image' in log
@@ -341,24 +372,29 @@ def test_typo_in_a_backbone_key_is_named():
         build_model(cfg)
 
 
-
 def test_dataset_path_checks_name_the_missing_piece(tmp_path):
     (tmp_path / 'train').mkdir()
     check_dataset_paths(
-        dict(type='CustomDataset', data_root=str(tmp_path),
-             data_prefix='train'))
+        dict(
+            type='CustomDataset', data_root=str(tmp_path),
+            data_prefix='train'))
     with pytest.raises(FileNotFoundError, match=r"data_prefix.* '[^']*/val'"):
         check_dataset_paths(
-            dict(type='CustomDataset', data_root=str(tmp_path),
-                 data_prefix='val'))
+            dict(
+                type='CustomDataset',
+                data_root=str(tmp_path),
+                data_prefix='val'))
     wrapped = dict(
         type='RepeatDataset',
         times=2,
-        dataset=dict(type='CocoDataset', data_root=str(tmp_path),
-                     ann_file='annotations/train.json',
-                     data_prefix=dict(img='train')))
-    with pytest.raises(FileNotFoundError,
-                       match=r'annotation file .*annotations/train\.json'):
+        dataset=dict(
+            type='CocoDataset',
+            data_root=str(tmp_path),
+            ann_file='annotations/train.json',
+            data_prefix=dict(img='train')))
+    with pytest.raises(
+            FileNotFoundError,
+            match=r'annotation file .*annotations/train\.json'):
         check_dataset_paths(wrapped)
 
 
@@ -377,21 +413,19 @@ def seg_test_options(root, train_root, test_root):
     return options
 
 
-def test_testing_needs_only_the_test_data(reference, synthetic_ade,
-                                          tmp_path):
+def test_testing_needs_only_the_test_data(reference, synthetic_ade, tmp_path):
     # What a user does with downloaded weights: the training data (here a
     # directory that does not exist) is never read.
     nowhere = str(tmp_path / 'no_training_data')
     checkpoint = os.path.join(reference, f'iter_{ITERS}.pth')
-    metrics = apis.test(
-        [SEG_CONFIG, checkpoint, '--work-dir',
-         str(tmp_path / 'work'), '--cfg-options'] +
-        seg_test_options(synthetic_ade, nowhere, synthetic_ade))
+    metrics = apis.test([
+        SYNTHETIC_SEG, checkpoint, '--work-dir',
+        str(tmp_path / 'work'), '--cfg-options'
+    ] + seg_test_options(synthetic_ade, nowhere, synthetic_ade))
     assert 0 <= metrics['mIoU'] <= 100
 
 
-def test_missing_test_data_names_the_test_loader_key(synthetic_ade,
-                                                     tmp_path):
+def test_missing_test_data_names_the_test_loader_key(synthetic_ade, tmp_path):
     nowhere = str(tmp_path / 'no_test_data')
     # The check comes before the checkpoint is read.
     checkpoint = tmp_path / 'never_read.pth'
@@ -401,9 +435,11 @@ def test_missing_test_data_names_the_test_loader_key(synthetic_ade,
             FileNotFoundError,
             match=r"data_root '.*no_test_data' does not exist.*"
             r'--cfg-options test_dataloader\.dataset\.data_root=PATH'):
-        apis.test([SEG_CONFIG, str(checkpoint), '--work-dir',
-                     str(work_dir), '--cfg-options'] +
-                    seg_test_options(synthetic_ade, synthetic_ade, nowhere))
+        apis.test([
+            SYNTHETIC_SEG,
+            str(checkpoint), '--work-dir',
+            str(work_dir), '--cfg-options'
+        ] + seg_test_options(synthetic_ade, synthetic_ade, nowhere))
     assert not work_dir.exists()
 
 
@@ -415,8 +451,10 @@ def test_path_checks_follow_the_run_and_name_nested_keys(tmp_path):
             type='RepeatDataset',
             times=2,
             dataset=dict(type='ADE20KDataset', data_root=nowhere)))
-    cfg = dict(train_dataloader=wrapped, val_dataloader=wrapped,
-               test_dataloader=dict(dataset=dict(data_root=str(tmp_path))))
+    cfg = dict(
+        train_dataloader=wrapped,
+        val_dataloader=wrapped,
+        test_dataloader=dict(dataset=dict(data_root=str(tmp_path))))
     check_dataloader_paths(cfg, 'test')
     with pytest.raises(
             FileNotFoundError,
@@ -445,11 +483,11 @@ def test_only_read_and_decode_failures_are_skipped(synthetic_ade, tmp_path):
     assert LoadImageFromFileOrSkip.skipped == before + 2
     # A wrong argument is not a broken image.
     with pytest.raises(KeyError, match='nonsense'):
-        LoadImageFromFileOrSkip(color_type='nonsense').transform(
-            dict(img_path=image))
+        LoadImageFromFileOrSkip(
+            color_type='nonsense').transform(dict(img_path=image))
     with pytest.raises(ValueError, match='nonsense'):
-        LoadImageFromFileOrSkip(imdecode_backend='nonsense').transform(
-            dict(img_path=image))
+        LoadImageFromFileOrSkip(
+            imdecode_backend='nonsense').transform(dict(img_path=image))
     assert LoadImageFromFileOrSkip.skipped == before + 2
 
 
@@ -464,9 +502,10 @@ def test_a_dataset_of_undecodable_images_stops_the_run(synthetic_ade,
             RuntimeError,
             match=r'The last 100 images could not be read or decoded '
             r"\(the latest: '.*synthetic_training_\d+\.jpg'.*data is broken"):
-        apis.train([SEG_CONFIG, '--work-dir', str(tmp_path / 'work'),
-                      '--cfg-options'] +
-                     small_run(str(root), iters=2, warmup=1))
+        apis.train([
+            SYNTHETIC_SEG, '--work-dir',
+            str(tmp_path / 'work'), '--cfg-options'
+        ] + small_run(str(root), iters=2))
     assert not glob.glob(str(tmp_path / 'work' / '*.pth'))
 
 
@@ -485,8 +524,10 @@ def test_cpu_amp_is_bfloat16_only_where_the_cpu_computes_it(
     model = torch.nn.Linear(8, 8)
     wrapper = build_optim_wrapper(
         model,
-        dict(type='AnyDeviceAmpOptimWrapper', cpu_autocast=cpu_autocast,
-             optimizer=dict(type='SGD', lr=0.1)))
+        dict(
+            type='AnyDeviceAmpOptimWrapper',
+            cpu_autocast=cpu_autocast,
+            optimizer=dict(type='SGD', lr=0.1)))
     with wrapper.optim_context(model):
         output = model(torch.randn(2, 8))
     bfloat16 = cpu_autocast is True or (cpu_autocast == 'auto' and native)
@@ -502,14 +543,21 @@ def test_cpu_amp_is_bfloat16_only_where_the_cpu_computes_it(
 
 def test_native_bfloat16_needs_the_cpu_instructions(monkeypatch):
     from mmfca.engine.optimizers import cpu_computes_bfloat16
-    avx512 = {'avx2': True, 'avx512_f': True, 'avx512_bf16': False,
-              'amx_bf16': False}
+    avx512 = {
+        'avx2': True,
+        'avx512_f': True,
+        'avx512_bf16': False,
+        'amx_bf16': False
+    }
     for onednn, capabilities, expected in [
         (False, dict(avx512, avx512_bf16=True), False),  # no oneDNN kernels
         (True, avx512, False),  # oneDNN converts in software
         (True, dict(avx512, avx512_bf16=True), True),
         (True, dict(avx512, amx_bf16=True), True),
-        (True, {'neon': True, 'bf16': True}, True),  # Arm: oneDNN decides
+        (True, {
+            'neon': True,
+            'bf16': True
+        }, True),  # Arm: oneDNN decides
     ]:
         monkeypatch.setattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported',
                             lambda: onednn)
@@ -518,15 +566,14 @@ def test_native_bfloat16_needs_the_cpu_instructions(monkeypatch):
         assert cpu_computes_bfloat16() == expected, (onednn, capabilities)
 
 
-def test_undecodable_bytes_are_skipped_and_ignore_empty_is_refused(
-        tmp_path):
+def test_undecodable_bytes_are_skipped_and_ignore_empty_is_refused(tmp_path):
     # OpenCV returns no image for these bytes (no exception): mmcv's
     # "failed to load image" is the one AssertionError that means a skip.
     garbage = tmp_path / 'garbage.jpg'
     garbage.write_bytes(b'not an image')
     before = LoadImageFromFileOrSkip.skipped
-    assert LoadImageFromFileOrSkip().transform(
-        dict(img_path=str(garbage))) is None
+    assert LoadImageFromFileOrSkip().transform(dict(
+        img_path=str(garbage))) is None
     assert LoadImageFromFileOrSkip.skipped == before + 1
     with pytest.raises(ValueError, match='Remove ignore_empty'):
         LoadImageFromFileOrSkip(ignore_empty=True)

@@ -11,37 +11,43 @@ import torch
 from mmengine.optim import build_optim_wrapper
 from reference import official_shapes
 
-from mmfca.utils.complexity import complexity
-from mmfca.testing import ade20k_cpu_overrides
 from mmfca import apis
-from mmfca.utils.serialization import checkpoint_globals
-from mmfca.engine.optimizers import cpu_computes_bfloat16
-from mmfca.models.utils.checkpoint import _convert_official_key
 from mmfca.apis import build_model, load_config
+from mmfca.engine.optimizers import cpu_computes_bfloat16
+from mmfca.models.utils.checkpoint import convert_official_key
+from mmfca.testing import synthetic_data_overrides
+from mmfca.utils.complexity import complexity
+from mmfca.utils.serialization import checkpoint_globals
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
+# The README's CPU cycle: the real config on synthetic data.
+SYNTHETIC_SEG = os.path.join(
+    REPO, 'configs/synthetic/upernet_fcaformer_l2_synthetic_ade20k.py')
 
 
-def synthetic_overrides(root, iters=12):
-    """The --cfg-options of the README's CPU cycle."""
-    return ade20k_cpu_overrides(root, iters)
+def synthetic_overrides(root):
+    """--cfg-options that move the synthetic config's data to ``root``."""
+    return synthetic_data_overrides('ade20k', root)
 
 
 @pytest.fixture(scope='session')
 def seg_run(synthetic_ade, tmp_path_factory):
-    """Train the real config for 12 iterations on the synthetic data."""
+    """Train the synthetic config (the real one, small, for 12
+    iterations), as the README's CPU cycle does."""
     work_dir = str(tmp_path_factory.mktemp('seg_work_dir'))
-    apis.train([SEG_CONFIG, '--work-dir', work_dir, '--cfg-options'] +
-          synthetic_overrides(synthetic_ade))
-    return dict(work_dir=work_dir, root=synthetic_ade,
-                checkpoint=os.path.join(work_dir, 'iter_12.pth'))
+    apis.train([SYNTHETIC_SEG, '--work-dir', work_dir, '--cfg-options'] +
+               synthetic_overrides(synthetic_ade))
+    return dict(
+        work_dir=work_dir,
+        root=synthetic_ade,
+        checkpoint=os.path.join(work_dir, 'iter_12.pth'))
 
 
 def test_training_on_synthetic_data_lowers_the_loss(seg_run):
     assert os.path.isfile(seg_run['checkpoint'])
-    scalars = glob(os.path.join(seg_run['work_dir'], '*', 'vis_data',
-                                'scalars.json'))
+    scalars = glob(
+        os.path.join(seg_run['work_dir'], '*', 'vis_data', 'scalars.json'))
     records = [json.loads(line) for line in open(scalars[0])]
     losses = [r['loss'] for r in records if 'loss' in r]
     assert len(losses) == 12
@@ -52,8 +58,8 @@ def test_training_on_synthetic_data_lowers_the_loss(seg_run):
     assert 'stage_wise learning-rate decay groups' in log
     # bfloat16 where this CPU computes it, float32 (with a log line) where
     # it would be emulated.
-    expected = ('bfloat16 autocast on the CPU' if cpu_computes_bfloat16()
-                else 'training in float32 instead of AMP')
+    expected = ('bfloat16 autocast on the CPU' if cpu_computes_bfloat16() else
+                'training in float32 instead of AMP')
     assert expected in log
 
 
@@ -62,21 +68,24 @@ def test_test_tool_prints_and_saves_miou(seg_run, tmp_path):
     weights_only default, mIoU is printed and saved."""
     work_dir = str(tmp_path / 'test')
     result = subprocess.run(
-        [sys.executable, 'tools/test.py', SEG_CONFIG, seg_run['checkpoint'],
-         '--work-dir', work_dir, '--cfg-options'] +
-        synthetic_overrides(seg_run['root']),
-        cwd=REPO, capture_output=True, text=True)
+        [
+            sys.executable, 'tools/test.py', SYNTHETIC_SEG,
+            seg_run['checkpoint'], '--work-dir', work_dir, '--cfg-options'
+        ] + synthetic_overrides(seg_run['root']),
+        cwd=REPO,
+        capture_output=True,
+        text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'mIoU: ' in result.stdout
-    saved = json.load(open(glob(os.path.join(work_dir, '*',
-                                             'test_metrics.json'))[0]))
+    saved = json.load(
+        open(glob(os.path.join(work_dir, '*', 'test_metrics.json'))[0]))
     assert 0 <= saved['metrics']['mIoU'] <= 100
 
 
 def test_tta_result_dump_and_drawings(seg_run, tmp_path):
     """--tta (multi-scale + flip), --out (label maps), --show-dir."""
     metrics = apis.test([
-        SEG_CONFIG, seg_run['checkpoint'], '--work-dir',
+        SYNTHETIC_SEG, seg_run['checkpoint'], '--work-dir',
         str(tmp_path / 'work'), '--tta', '--out',
         str(tmp_path / 'preds'), '--show-dir',
         str(tmp_path / 'vis'), '--cfg-options'
@@ -88,13 +97,17 @@ def test_tta_result_dump_and_drawings(seg_run, tmp_path):
 
 
 def test_inferencer_and_demo(seg_run, tmp_path):
-    image = sorted(glob(os.path.join(seg_run['root'], 'images',
-                                     'validation', '*.jpg')))[0]
+    image = sorted(
+        glob(os.path.join(seg_run['root'], 'images', 'validation',
+                          '*.jpg')))[0]
     out = str(tmp_path / 'overlay.png')
     result = subprocess.run([
         sys.executable, 'demo/seg_demo.py', image, SEG_CONFIG,
         seg_run['checkpoint'], '--out-file', out
-    ], cwd=REPO, capture_output=True, text=True)
+    ],
+                            cwd=REPO,
+                            capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'predicted classes' in result.stdout
     import mmcv
@@ -102,8 +115,7 @@ def test_inferencer_and_demo(seg_run, tmp_path):
 
     from mmseg.apis import inference_model, init_model
     with checkpoint_globals():
-        model = init_model(SEG_CONFIG, seg_run['checkpoint'],
-                           device='cpu')
+        model = init_model(SEG_CONFIG, seg_run['checkpoint'], device='cpu')
     prediction = inference_model(model, image)
     assert prediction.pred_sem_seg.data.shape[-2:] == mmcv.imread(
         image).shape[:2]
@@ -111,12 +123,13 @@ def test_inferencer_and_demo(seg_run, tmp_path):
 
 def test_missing_pretrained_checkpoint_says_what_to_do(synthetic_ade,
                                                        tmp_path):
-    options = [o for o in synthetic_overrides(synthetic_ade)
-               if not o.startswith('model.backbone.init_cfg')]
-    with pytest.raises(FileNotFoundError,
-                       match='fcaformer_l2_in1k.pth.*official_to_mmfca'):
-        apis.train([SEG_CONFIG, '--work-dir', str(tmp_path), '--cfg-options'] +
-              options)
+    # The real config, which starts from the ImageNet checkpoint.
+    with pytest.raises(
+            FileNotFoundError,
+            match='fcaformer_l2_in1k.pth.*official_to_mmfca'):
+        apis.train([SEG_CONFIG, '--work-dir',
+                    str(tmp_path), '--cfg-options'] +
+                   synthetic_overrides(synthetic_ade))
 
 
 def test_size_matches_the_official_measurement():
@@ -139,19 +152,22 @@ def official_layer_id(name, decay_type, num_layers=6):
         if decay_type == 'stage_wise':
             return stage + 1 if kind == 'blocks' else 0
         if kind == 'blocks':
-            return {0: 1, 1: 2, 2: 3 + int(parts[3]) // 3}.get(
-                stage, num_layers)
+            return {
+                0: 1,
+                1: 2,
+                2: 3 + int(parts[3]) // 3
+            }.get(stage, num_layers)
         return {0: 0, 1: 2, 2: 3}.get(stage, num_layers)
     return num_layers + 1
 
 
 def official_no_decay(name, ndim, decay_type):
     plain = ndim == 1 or name.endswith('.bias') or name in ('pos_embed',
-                                                             'cls_token')
+                                                            'cls_token')
     if decay_type == 'layer_wise_cab':
         return plain
-    return plain or name.endswith(('token_bias', '_biases')) or (
-        'norm' in name)
+    return plain or name.endswith(
+        ('token_bias', '_biases')) or ('norm' in name)
 
 
 @pytest.mark.parametrize('decay_type, rate, weight_decay',
@@ -176,10 +192,10 @@ def test_learning_rate_decay_matches_the_official_table(
     official = official_shapes('l2', head_dims=(96, 192, 384, 768))
     ours_to_official = {}
     for key, shape in official.items():
-        if key.endswith(('running_mean', 'running_var',
-                         'num_batches_tracked')):
+        buffer = ('running_mean', 'running_var', 'num_batches_tracked')
+        if key.endswith(buffer):
             continue
-        _, ours = _convert_official_key(key)
+        _, ours = convert_official_key(key)
         ours_to_official[f'backbone.{ours}'] = (f'backbone.{key}', len(shape))
     checked = 0
     for name, param in model.named_parameters():
@@ -188,8 +204,7 @@ def test_learning_rate_decay_matches_the_official_table(
         lr = 1e-4 * rate**(6 + 2 - layer_id - 1)
         wd = 0. if official_no_decay(official_name, ndim,
                                      decay_type) else weight_decay
-        assert settings[name] == pytest.approx((lr, wd)), (name,
-                                                           official_name)
+        assert settings[name] == pytest.approx((lr, wd)), (name, official_name)
         checked += 1
     assert checked == len(settings) == len(list(model.parameters()))
     # Every backbone parameter had an official counterpart.

@@ -28,15 +28,16 @@ import time
 
 import torch
 
-from mmfca.testing import (ade20k_cpu_overrides, coco_cpu_overrides,
-                            make_synthetic_ade20k, make_synthetic_coco)
+from mmfca.testing import (make_synthetic_ade20k, make_synthetic_coco,
+                           synthetic_data_overrides)
 from mmfca.engine.runner import find_resumable_checkpoint
 from mmfca.utils.serialization import load_checkpoint_file
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SYNTHETIC = osp.join(REPO, 'configs', 'synthetic')
 CONFIGS = dict(
-    seg=osp.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py'),
-    det=osp.join(REPO, 'configs/mask_rcnn_fcaformer_l2_fpn_3x_coco.py'))
+    seg=osp.join(SYNTHETIC, 'upernet_fcaformer_l2_synthetic_ade20k.py'),
+    det=osp.join(SYNTHETIC, 'mask_rcnn_fcaformer_l2_fpn_synthetic_coco.py'))
 
 
 def task_options(task: str,
@@ -47,11 +48,16 @@ def task_options(task: str,
     """--cfg-options of a short CPU run: ``length`` iterations (seg, a
     checkpoint every 2) or epochs (det, one per epoch)."""
     if task == 'seg':
-        options = ade20k_cpu_overrides(root, length) + [
+        options = synthetic_data_overrides('ade20k', root) + [
+            f'train_cfg.max_iters={length}',
+            f'train_cfg.val_interval={length}',
             'default_hooks.checkpoint.interval=2'
         ]
     else:
-        options = coco_cpu_overrides(root, length)
+        options = synthetic_data_overrides('coco', root) + [
+            f'train_cfg.max_epochs={length}',
+            f'train_cfg.val_interval={length}'
+        ]
     options.append('randomness.deterministic=True')
     if workers:
         options += [

@@ -5,7 +5,7 @@ codebases' real dataset classes, pipelines and metrics.
 """
 import json
 import os
-from typing import Dict
+from typing import Dict, List
 
 import cv2
 import numpy as np
@@ -278,104 +278,39 @@ def make_synthetic_imagenet(root: str,
     return counts
 
 
-def _loader_overrides(root: str, suffix: str = '') -> list:
-    options = []
-    for split in ('train', 'val', 'test'):
+def synthetic_data_overrides(dataset: str, root: str) -> List[str]:
+    """``--cfg-options`` that point a ``configs/synthetic/`` config at
+    synthetic data written to ``root`` instead of its default location.
+
+    The synthetic configs read ``data/synthetic_ade``,
+    ``data/synthetic_coco`` and ``data/synthetic_imagenet``, where
+    ``tools/dataset_converters/make_synthetic_data.py`` writes by default;
+    these options move the train, val and test datasets (and the COCO
+    annotation file of the evaluators) to ``root``, and change nothing
+    else.
+
+    Args:
+        dataset (str): 'ade20k', 'coco' or 'imagenet', the layout written
+            by :func:`make_synthetic_ade20k`, :func:`make_synthetic_coco`
+            or :func:`make_synthetic_imagenet`.
+        root (str): The dataset root.
+
+    Returns:
+        list[str]: ``key=value`` strings for ``--cfg-options``.
+    """
+    if dataset not in ('ade20k', 'coco', 'imagenet'):
+        raise ValueError(f"dataset must be 'ade20k', 'coco' or 'imagenet', "
+                         f'got {dataset!r}.')
+    # mmdet joins data_root and the relative paths without a separator.
+    data_root = os.path.join(root, '') if dataset == 'coco' else root
+    options = [
+        f'{split}_dataloader.dataset.data_root={data_root}'
+        for split in ('train', 'val', 'test')
+    ]
+    if dataset == 'coco':
+        ann_file = os.path.join(root, 'annotations', 'instances_val2017.json')
         options += [
-            f'{split}_dataloader.dataset.data_root={root}{suffix}',
-            f'{split}_dataloader.num_workers=0',
-            f'{split}_dataloader.persistent_workers=False',
+            f'{split}_evaluator.ann_file={ann_file}'
+            for split in ('val', 'test')
         ]
     return options
-
-
-def ade20k_cpu_overrides(root: str,
-                         iters: int,
-                         lr: float = 1e-3,
-                         warmup: int = 2,
-                         log_interval: int = 1) -> list:
-    """``--cfg-options`` that fit the UperNet config to
-    :func:`make_synthetic_ade20k` data on a CPU: small crops, no workers,
-    a short schedule, no pretrained checkpoint.
-
-    Args:
-        root (str): The synthetic dataset root.
-        iters (int): Training iterations (validation and checkpoint at the
-            end).
-        lr (float): Learning rate. Defaults to 1e-3.
-        warmup (int): Linear warm-up iterations. Defaults to 2.
-        log_interval (int): Logging interval. Defaults to 1.
-    """
-    return _loader_overrides(root) + [
-        'train_dataloader.dataset.pipeline.2.scale=(170,128)',
-        'train_dataloader.dataset.pipeline.3.crop_size=(96,96)',
-        'model.data_preprocessor.size=(96,96)',
-        'val_dataloader.dataset.pipeline.1.scale=(170,128)',
-        'test_dataloader.dataset.pipeline.1.scale=(170,128)',
-        'model.test_cfg.mode=whole',
-        'model.backbone.init_cfg=None',
-        f'optim_wrapper.optimizer.lr={lr}',
-        f'param_scheduler.0.end={warmup}',
-        f'param_scheduler.1.begin={warmup}',
-        f'param_scheduler.1.end={iters}',
-        f'train_cfg.max_iters={iters}',
-        f'train_cfg.val_interval={iters}',
-        f'default_hooks.checkpoint.interval={iters}',
-        f'default_hooks.logger.interval={log_interval}',
-        'randomness.seed=0',
-    ] + [
-        # --tta: the official ratios of (170, 128), the test scale here.
-        f'tta_pipeline.1.transforms.0.{i}.scale='
-        f'({int(170 * r)},{int(128 * r)})'
-        for i, r in enumerate((0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
-    ]
-
-
-def coco_cpu_overrides(root: str,
-                       epochs: int,
-                       lr: float = 2e-4,
-                       warmup: int = 2,
-                       log_interval: int = 1) -> list:
-    """``--cfg-options`` that fit the 3x Mask / Cascade Mask R-CNN configs
-    to :func:`make_synthetic_coco` data on a CPU: small images, fewer
-    proposals, a short schedule with steps at 3/4 and 11/12 of it, no
-    pretrained checkpoint, every detection kept for scoring.
-
-    Args:
-        root (str): The synthetic dataset root.
-        epochs (int): Training epochs (validation at the end).
-        lr (float): Learning rate. Defaults to 2e-4.
-        warmup (int): Linear warm-up iterations. Defaults to 2.
-        log_interval (int): Logging interval. Defaults to 1.
-    """
-    ann = os.path.join(root, 'annotations', 'instances_val2017.json')
-    crop = 'train_dataloader.dataset.pipeline.3.transforms'
-    # The 3x schedule's steps at 27/36 and 33/36, scaled; none in short runs.
-    steps = [epochs * 3 // 4, epochs * 11 // 12] if epochs >= 4 else [
-        epochs, epochs
-    ]
-    return _loader_overrides(root, '/') + [
-        f'val_evaluator.ann_file={ann}',
-        f'test_evaluator.ann_file={ann}',
-        f'{crop}.0.0.scales=[(213,128)]',
-        f'{crop}.1.0.scales=[(213,112)]',
-        f'{crop}.1.1.crop_size=(96,128)',
-        f'{crop}.1.2.scales=[(213,128)]',
-        'val_dataloader.dataset.pipeline.1.scale=(213,128)',
-        'test_dataloader.dataset.pipeline.1.scale=(213,128)',
-        'model.backbone.init_cfg=None',
-        f'optim_wrapper.optimizer.lr={lr}',
-        f'param_scheduler.0.end={warmup}',
-        f'param_scheduler.1.end={epochs}',
-        f'param_scheduler.1.milestones=[{steps[0]},{steps[1]}]',
-        f'train_cfg.max_epochs={epochs}',
-        f'train_cfg.val_interval={epochs}',
-        'model.train_cfg.rpn_proposal.nms_pre=200',
-        'model.train_cfg.rpn_proposal.max_per_img=100',
-        'model.test_cfg.rpn.nms_pre=200',
-        'model.test_cfg.rpn.max_per_img=100',
-        'model.test_cfg.rcnn.max_per_img=20',
-        'model.test_cfg.rcnn.score_thr=0.0',
-        f'default_hooks.logger.interval={log_interval}',
-        'randomness.seed=0',
-    ]

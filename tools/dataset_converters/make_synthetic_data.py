@@ -7,8 +7,8 @@
 ade20k: the ADEChallengeData2016 layout, shapes of four classes on textured
 backgrounds. coco: the COCO 2017 layout, polygon masks of three COCO
 categories, some crowd regions and empty images. imagenet: mmpretrain's
-ImageNet layout, four classes. Train and test on them with the
-``--cfg-options`` overrides shown in the README.
+ImageNet layout, four classes. The configs in configs/synthetic/ train and
+test on them where these commands write them (data/synthetic_*).
 """
 import argparse
 
