@@ -31,8 +31,8 @@ class LoadImageFromFileOrSkip(LoadImageFromFile):
     In training, mmengine's datasets replace a sample whose pipeline returns
     None by another one, so a few broken files cost a few samples instead of
     the run. In testing, mmengine refuses a None sample, after the warning
-    has named the file. :class:`~mmfca.engine.ReliableRunner` puts this
-    transform in place of ``LoadImageFromFile`` in training pipelines.
+    has named the file. mmfca's configs name this transform in their
+    training pipelines (their test pipelines keep ``LoadImageFromFile``).
 
     Only read and decode failures are skipped (:data:`UNREADABLE_ERRORS`, or
     a decoder that returns no image): a wrong argument or a bug raises as in
