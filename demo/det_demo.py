@@ -19,11 +19,16 @@ def main():
     parser.add_argument('image', help='image file')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--out-file', default='det_result.png',
-                        help='where to save the drawing')
+    parser.add_argument(
+        '--out-file',
+        default='det_result.png',
+        help='where to save the drawing')
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
-    parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='draw detections scoring at least this')
+    parser.add_argument(
+        '--score-thr',
+        type=float,
+        default=0.3,
+        help='draw detections scoring at least this')
     args = parser.parse_args()
     # mmengine 0.10.7 reads checkpoints with torch's weights_only
     # default: mmfca's allow-list covers what its Runner stores.

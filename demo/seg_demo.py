@@ -18,19 +18,23 @@ def main():
     parser.add_argument('image', help='image file')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--out-file', default='seg_result.png',
-                        help='where to save the overlay')
+    parser.add_argument(
+        '--out-file',
+        default='seg_result.png',
+        help='where to save the overlay')
     parser.add_argument('--device', default='cpu', help='e.g. cpu, cuda:0')
-    parser.add_argument('--opacity', type=float, default=0.5,
-                        help='opacity of the drawn classes, 0 to 1')
+    parser.add_argument(
+        '--opacity',
+        type=float,
+        default=0.5,
+        help='opacity of the drawn classes, 0 to 1')
     args = parser.parse_args()
     # mmengine 0.10.7 reads checkpoints with torch's weights_only
     # default: mmfca's allow-list covers what its Runner stores.
     with checkpoint_globals():
         inferencer = MMSegInferencer(
             model=args.config, weights=args.checkpoint, device=args.device)
-    result = inferencer(
-        args.image, return_vis=True, opacity=args.opacity)
+    result = inferencer(args.image, return_vis=True, opacity=args.opacity)
     # One image in: the inferencer returns one RGB drawing, not a list.
     mmcv.imwrite(result['visualization'][..., ::-1], args.out_file)
     classes = sorted(set(result['predictions'].flatten().tolist()))

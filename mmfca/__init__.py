@@ -11,8 +11,8 @@ from .engine import (AnyDeviceAmpOptimWrapper,
                      FcaFormerLearningRateDecayOptimizerConstructor,
                      LabelRangeHook, NonFiniteLossHook, ReliableRunner,
                      RNGStateHook, SafeCheckpointHook)
-from .models import FcaFormer
 from .models import timm_models  # noqa: F401  registers fcaformer_l* in timm
+from .models import FcaFormer
 from .version import __version__
 
 __all__ = [

@@ -8,8 +8,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import mmfca  # noqa: E402,F401  registers FcaFormer
 from reference import official_shapes, random_official_state_dict  # noqa
+
+import mmfca  # noqa: E402,F401  registers FcaFormer
 
 L2_DENSE_WIDTHS = (96, 192, 384, 768)
 
@@ -60,11 +61,14 @@ def official_cls(ckpt_dir):
             dict(
                 model=model,
                 model_ema=ema,
-                optimizer={'state': {}, 'param_groups': []},
+                optimizer={
+                    'state': {},
+                    'param_groups': []
+                },
                 epoch=299,
                 scaler={'scale': 65536.0},
-                args=argparse.Namespace(model=f'fcaformer_{arch}', lr=2e-3,
-                                        drop_path=0.1)), path)
+                args=argparse.Namespace(
+                    model=f'fcaformer_{arch}', lr=2e-3, drop_path=0.1)), path)
         files[arch] = dict(path=path, model=model, ema=ema)
     return files
 

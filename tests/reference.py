@@ -21,8 +21,12 @@ ARCHS = {
 }
 
 # Official ImageNet classifiers' trainable parameter counts.
-OFFICIAL_PARAMS = {'l1': 6187560, 'l2': 16275870, 'l3': 27894484,
-                   'l4': 65638204}
+OFFICIAL_PARAMS = {
+    'l1': 6187560,
+    'l2': 16275870,
+    'l3': 27894484,
+    'l4': 65638204
+}
 
 
 def official_shapes(arch: str,
@@ -87,8 +91,12 @@ def official_shapes(arch: str,
         if stage < 3:
             p = f'layer_{stage}.downsample'
             conv_bn(f'{p}.conv1', c, dims[stage + 1], 1)
-            conv_bn(f'{p}.conv2', dims[stage + 1], dims[stage + 1], 3,
-                    groups=dims[stage + 1])
+            conv_bn(
+                f'{p}.conv2',
+                dims[stage + 1],
+                dims[stage + 1],
+                3,
+                groups=dims[stage + 1])
             conv_bn(f'{p}.conv3', dims[stage + 1], dims[stage + 1], 1)
     if head_dims is None:
         norm('norm_head', dims[3])
@@ -98,6 +106,10 @@ def official_shapes(arch: str,
             norm(f'norm{i}', head_dims[i])
             shapes[f'head{i}.weight'] = (head_dims[i], dims[i], 1, 1)
     return shapes
+
+
+# Parameters drawn as small noise around 0.
+SMALL_NOISE = ('running_mean', 'bias', 'attention_biases', 's_token_bias')
 
 
 def random_official_state_dict(shapes: Dict, seed: int = 0) -> Dict:
@@ -111,14 +123,13 @@ def random_official_state_dict(shapes: Dict, seed: int = 0) -> Dict:
             state[name] = torch.tensor(7)
         elif name.endswith('running_var'):
             state[name] = torch.rand(shape, generator=gen) + 0.5
-        elif name.endswith(('running_mean', 'bias', 'attention_biases',
-                            's_token_bias')):
+        elif name.endswith(SMALL_NOISE):
             state[name] = torch.randn(shape, generator=gen) * 0.2
         elif name.endswith(('gamma', 'gamma_1', 'gamma_2')):
             state[name] = torch.rand(shape, generator=gen) * 0.5 + 0.25
         elif name.endswith('s_scale_factors') or (
-                len(shape) == 1 and 'norm' in name) or name.endswith(
-                    'bn.weight'):
+                len(shape) == 1
+                and 'norm' in name) or name.endswith('bn.weight'):
             state[name] = 1 + torch.randn(shape, generator=gen) * 0.2
         else:
             fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
@@ -150,9 +161,9 @@ def _convnext_block(w, p, x):
     y = F.conv2d(x, w[f'{p}.dwconv.weight'], w[f'{p}.dwconv.bias'], 1, 3, 1,
                  x.shape[1])
     y = _ln(w, f'{p}.norm', y.permute(0, 2, 3, 1), eps=1e-6)
-    y = F.linear(F.gelu(F.linear(y, w[f'{p}.pwconv1.weight'],
-                                 w[f'{p}.pwconv1.bias'])),
-                 w[f'{p}.pwconv2.weight'], w[f'{p}.pwconv2.bias'])
+    y = F.linear(
+        F.gelu(F.linear(y, w[f'{p}.pwconv1.weight'], w[f'{p}.pwconv1.bias'])),
+        w[f'{p}.pwconv2.weight'], w[f'{p}.pwconv2.bias'])
     return x + (w[f'{p}.gamma'] * y).permute(0, 3, 1, 2)
 
 
@@ -179,8 +190,8 @@ def _fca_block(w, p, x, heads, ws, cross, prefix=0):
 
     def qkv(t):
         out = F.linear(t, w[f'{p}.qkv.weight'], w[f'{p}.qkv.bias'])
-        return out.view(t.shape[0], t.shape[1], 3, heads, d).permute(
-            2, 0, 3, 1, 4)
+        return out.view(t.shape[0], t.shape[1], 3, heads,
+                        d).permute(2, 0, 3, 1, 4)
 
     q, k, v = qkv(xn)
     q = q * d**-0.5
@@ -206,9 +217,9 @@ def _fca_block(w, p, x, heads, ws, cross, prefix=0):
     x = _conv_bn(w, f'{p}.local_conv', fmap, groups=c)
     x = torch.cat((head, x.flatten(2).transpose(1, 2)), 1)
     y = _ln(w, f'{p}.mlp.norm', _ln(w, f'{p}.norm2', x))
-    y = F.linear(F.gelu(F.linear(y, w[f'{p}.mlp.fc1.weight'],
-                                 w[f'{p}.mlp.fc1.bias'])),
-                 w[f'{p}.mlp.fc2.weight'], w[f'{p}.mlp.fc2.bias'])
+    y = F.linear(
+        F.gelu(F.linear(y, w[f'{p}.mlp.fc1.weight'], w[f'{p}.mlp.fc1.bias'])),
+        w[f'{p}.mlp.fc2.weight'], w[f'{p}.mlp.fc2.bias'])
     return x + w[f'{p}.gamma_2'] * y, new_cross
 
 
@@ -223,20 +234,25 @@ def _fca_stage(w, stage, x, heads, ws, depth):
             xp = F.pad(x, (pw, 0, ph, 0))
         else:
             xp = F.pad(x, (0, pw, 0, ph))
-        win = xp.reshape(batch, c, rows, ws, cols, ws).permute(
-            0, 2, 4, 3, 5, 1).reshape(batch * rows * cols, ws * ws, c)
+        win = xp.reshape(batch, c, rows, ws, cols,
+                         ws).permute(0, 2, 4, 3, 5,
+                                     1).reshape(batch * rows * cols, ws * ws,
+                                                c)
         cross = torch.cat(crosses, 1) if crosses else None
         win, new = _fca_block(w, f'layer_{stage}.blocks.{b}', win, heads, ws,
                               cross)
         if new is not None:
             crosses.append(new)
-        xp = win.reshape(batch, rows, cols, ws, ws, c).permute(
-            0, 5, 1, 3, 2, 4).reshape(batch, c, rows * ws, cols * ws)
+        xp = win.reshape(batch, rows, cols, ws, ws,
+                         c).permute(0, 5, 1, 3, 2,
+                                    4).reshape(batch, c, rows * ws, cols * ws)
         x = xp[:, :, ph:, pw:] if b % 2 == 0 else xp[:, :, :h, :wd]
     return x
 
 
-def reference_forward(w: Dict, arch: str, x: torch.Tensor,
+def reference_forward(w: Dict,
+                      arch: str,
+                      x: torch.Tensor,
                       windows: Sequence[int] = (14, 7)):
     """Official outputs for official-layout weights ``w``.
 
@@ -264,8 +280,9 @@ def reference_forward(w: Dict, arch: str, x: torch.Tensor,
     outs = []
     for i, f in enumerate(feats):
         y = F.conv2d(f, w[f'head{i}.weight'])
-        y = F.layer_norm(y.permute(0, 2, 3, 1), (y.shape[1], ),
-                         w[f'norm{i}.weight'], w[f'norm{i}.bias'], 1e-6)
+        y = F.layer_norm(
+            y.permute(0, 2, 3, 1), (y.shape[1], ), w[f'norm{i}.weight'],
+            w[f'norm{i}.bias'], 1e-6)
         outs.append(y.permute(0, 3, 1, 2))
     return outs
 
@@ -273,20 +290,28 @@ def reference_forward(w: Dict, arch: str, x: torch.Tensor,
 # mmfca block-part names -> the official ones used above (the plain model
 # has no official code, so its weights come in mmfca names).
 _MMFCA_TO_OFFICIAL = [
-    ('attn.qkv.', 'qkv.'), ('attn.proj.', 'proj.'),
+    ('attn.qkv.', 'qkv.'),
+    ('attn.proj.', 'proj.'),
     ('attn.position_bias', 'attention_biases'),
     ('attn.depth_bias', 's_token_bias'),
     ('attn.cross_scale', 's_scale_factors'),
-    ('attn.cross_norm.', 's_norm.'), ('ls1.weight', 'gamma_1'),
-    ('ls2.weight', 'gamma_2'), ('cross_token_conv.', 'dw_conv.'),
-    ('local_conv.conv.', 'local_conv.c.'), ('local_conv.bn.',
-                                            'local_conv.bn.'),
-    ('ffn.', 'mlp.'), ('norm1.', 'norm1.'), ('norm2.', 'norm2.'),
+    ('attn.cross_norm.', 's_norm.'),
+    ('ls1.weight', 'gamma_1'),
+    ('ls2.weight', 'gamma_2'),
+    ('cross_token_conv.', 'dw_conv.'),
+    ('local_conv.conv.', 'local_conv.c.'),
+    ('local_conv.bn.', 'local_conv.bn.'),
+    ('ffn.', 'mlp.'),
+    ('norm1.', 'norm1.'),
+    ('norm2.', 'norm2.'),
 ]
 
 
-def reference_plain_forward(state: Dict, x: torch.Tensor, heads: int = 3,
-                            patch: int = 16, ws: int = 14) -> torch.Tensor:
+def reference_plain_forward(state: Dict,
+                            x: torch.Tensor,
+                            heads: int = 3,
+                            patch: int = 16,
+                            ws: int = 14) -> torch.Tensor:
     """The plain model (L0) as described: DeiT-Tiny's patch embedding,
     class token and position embedding, FcaBlocks over the class token and
     the one window of patch tokens (the class token makes no cross tokens
@@ -305,8 +330,11 @@ def reference_plain_forward(state: Dict, x: torch.Tensor, heads: int = 3,
                     break
             key = f'blocks.{block}.{rest}'
         w[key] = value
-    x = F.conv2d(x, w['downsample_layers.0.weight'],
-                 w['downsample_layers.0.bias'], stride=patch)
+    x = F.conv2d(
+        x,
+        w['downsample_layers.0.weight'],
+        w['downsample_layers.0.bias'],
+        stride=patch)
     tokens = x.flatten(2).transpose(1, 2)
     cls = w['cls_token'].expand(tokens.shape[0], -1, -1)
     tokens = torch.cat((cls, tokens), 1) + w['pos_embed']
@@ -314,8 +342,8 @@ def reference_plain_forward(state: Dict, x: torch.Tensor, heads: int = 3,
     crosses: List[torch.Tensor] = []
     for b in range(depth):
         cross = torch.cat(crosses, 1) if crosses else None
-        tokens, new = _fca_block(w, f'blocks.{b}', tokens, heads, ws, cross,
-                                 prefix=1)
+        tokens, new = _fca_block(
+            w, f'blocks.{b}', tokens, heads, ws, cross, prefix=1)
         if new is not None:
             crosses.append(new)
     return F.layer_norm(tokens[:, 0], (tokens.shape[-1], ), w['norm0.weight'],

@@ -45,8 +45,10 @@ def test_dense_sizes_with_widened_outputs(size):
 def test_arch_is_case_insensitive_and_custom_dicts_work():
     assert FcaFormer('L2').channels == FcaFormer('l2').channels
     custom = FcaFormer(
-        dict(channels=(16, 32, 48, 64), depths=(1, 1, 3, 2),
-             num_heads=(0, 0, 2, 4)),
+        dict(
+            channels=(16, 32, 48, 64),
+            depths=(1, 1, 3, 2),
+            num_heads=(0, 0, 2, 4)),
         out_indices=(3, ))
     assert custom(torch.randn(1, 3, 64, 64))[0].shape == (1, 64, 2, 2)
 
@@ -56,8 +58,11 @@ def test_arch_is_case_insensitive_and_custom_dicts_work():
      "Unknown FcaFormer arch 'l5'.*'l0', 'l1', 'l2', 'l3', 'l4'"),
     (dict(arch=dict(channels=(8, 16, 24, 32), depths=(1, 1, 1, 1))),
      'needs exactly the keys'),
-    (dict(arch=dict(channels=(8, 16, 24, 30), depths=(1, 1, 1, 1),
-                    num_heads=(0, 0, 2, 4))), '30 channels cannot be split'),
+    (dict(
+        arch=dict(
+            channels=(8, 16, 24, 30),
+            depths=(1, 1, 1, 1),
+            num_heads=(0, 0, 2, 4))), '30 channels cannot be split'),
     (dict(window_size=(14, 0)), 'window_size must be'),
     (dict(out_indices=(4, )), r'out_indices entries must be in \[-4, 3\]'),
     (dict(out_channels=(96, 192)), 'out_channels needs one entry per stage'),
@@ -87,8 +92,10 @@ def test_gradients_reach_every_parameter():
     model.train()
     outs = model(torch.randn(2, 3, 80, 72))
     sum(o.square().mean() for o in outs).backward()
-    without = [n for n, p in model.named_parameters()
-               if p.grad is None or p.grad.abs().sum() == 0]
+    without = [
+        n for n, p in model.named_parameters()
+        if p.grad is None or p.grad.abs().sum() == 0
+    ]
     assert not without, without
     attn = model.stages[2].blocks[3].attn
     assert attn.cross_scale.grad.abs().sum() > 0
@@ -130,14 +137,16 @@ def test_frozen_stages_do_not_change():
         layer_scale_init_value=1.0)
     model.init_weights()
     model.train()
-    frozen = [model.downsample_layers[0], model.downsample_layers[1],
-              model.stages[0], model.stages[1], model.norm0, model.norm1]
+    frozen = [
+        model.downsample_layers[0], model.downsample_layers[1],
+        model.stages[0], model.stages[1], model.norm0, model.norm1
+    ]
     assert all(not p.requires_grad for m in frozen for p in m.parameters())
     assert all(p.requires_grad for p in model.stages[2].parameters())
     assert not model.downsample_layers[0].training
     before = copy.deepcopy(model.state_dict())
-    optim = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad], lr=0.1)
+    optim = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
+                            lr=0.1)
     sum(o.mean() for o in model(torch.randn(2, 3, 64, 64))).backward()
     optim.step()
     after = model.state_dict()
@@ -174,6 +183,5 @@ def test_last_block_of_a_stage_makes_no_cross_tokens():
     assert blocks[-1].cross_token_conv is None
     assert all(b.cross_token_conv is not None for b in blocks[:-1])
     # Block i attends to i * ceil(14 / 4)^2 cross tokens.
-    assert [b.attn.num_cross_tokens for b in blocks] == [
-        16 * i for i in range(7)
-    ]
+    assert [b.attn.num_cross_tokens
+            for b in blocks] == [16 * i for i in range(7)]

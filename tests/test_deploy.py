@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
+from mmfca.apis import build_model, load_config
 from mmfca.deployment import check_onnx, export_onnx
 from mmfca.models import FcaFormer
-from mmfca.apis import build_model, load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,8 +24,8 @@ def trained_like(arch='l2', **kwargs):
 
 
 def test_switch_to_deploy_keeps_the_outputs():
-    model = trained_like(out_indices=(0, 1, 2, 3),
-                         out_channels=(96, 192, 384, 768))
+    model = trained_like(
+        out_indices=(0, 1, 2, 3), out_channels=(96, 192, 384, 768))
     deployed = copy.deepcopy(model).switch_to_deploy()
     assert not any(type(m).__name__ == 'ConvBN' for m in deployed.modules())
     for size in [(224, 224), (150, 110)]:
@@ -105,7 +105,10 @@ def test_deploy_mode_follows_moves_reloads_and_refuses_training():
     deployed.load_state_dict(state)
     fresh = copy.deepcopy(model)
     fresh.load_state_dict(
-        {k: v for k, v in state.items() if 'bias' in k and 'attn' in k},
+        {
+            k: v
+            for k, v in state.items() if 'bias' in k and 'attn' in k
+        },
         strict=False)
     fresh.switch_to_deploy()
     with torch.no_grad():
@@ -119,8 +122,10 @@ def test_export_preparation_folds_then_moves_to_the_device():
     # 'meta' stands in for a GPU: a forward there fails on any tensor the
     # move left on the CPU.
     from mmfca.deployment import prepared
-    wrapper = prepared(Dense(FcaFormer('l1', out_indices=(0, 1, 2, 3))),
-                       dense=True, device='meta')
+    wrapper = prepared(
+        Dense(FcaFormer('l1', out_indices=(0, 1, 2, 3))),
+        dense=True,
+        device='meta')
     outs = wrapper(torch.zeros(1, 3, 100, 130, device='meta'))
     assert len(outs) == 4
     assert all(out.device == torch.device('meta') for out in outs)

@@ -17,8 +17,8 @@ import sys
 import torch
 from conftest import L2_DENSE_WIDTHS
 
-from mmfca.models import FcaFormer
 from mmfca.apis import build_model, load_config
+from mmfca.models import FcaFormer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 META = torch.device('meta')
@@ -45,9 +45,11 @@ def test_fp16_autocast_forward_and_backward_of_the_dense_l2():
     torch.manual_seed(0)
     # Layer scale 1 (the dense recipes' init) so that the attention and FFN
     # branches weigh in; at the default 1e-6 they would hide their errors.
-    model = FcaFormer('l2', out_indices=(0, 1, 2, 3),
-                      out_channels=L2_DENSE_WIDTHS,
-                      layer_scale_init_value=1.0)
+    model = FcaFormer(
+        'l2',
+        out_indices=(0, 1, 2, 3),
+        out_channels=L2_DENSE_WIDTHS,
+        layer_scale_init_value=1.0)
     model.init_weights()
     model.train()
     images = torch.randn(*FP16_INPUT)
@@ -57,8 +59,8 @@ def test_fp16_autocast_forward_and_backward_of_the_dense_l2():
         model.zero_grad()
         with torch.autocast('cpu', dtype=torch.float16, enabled=autocast):
             outs = model(images)
-        loss = sum((out.float() * p).mean() for out, p in
-                    zip(outs, projections))
+        loss = sum(
+            (out.float() * p).mean() for out, p in zip(outs, projections))
         loss.backward()
         grads = {n: p.grad for n, p in model.named_parameters()}
         return [out.detach().float() for out in outs], grads
@@ -83,8 +85,10 @@ def test_fp16_autocast_forward_and_backward_of_the_dense_l2():
     assert not missing, f'parameters without a gradient: {missing}'
     bad = [n for n, g in grads.items() if not torch.isfinite(g).all()]
     assert not bad, f'non-finite float16 gradients: {bad}'
-    flat = [torch.cat([g.flatten() for g in d.values()])
-            for d in (grads, ref_grads)]
+    flat = [
+        torch.cat([g.flatten() for g in d.values()])
+        for d in (grads, ref_grads)
+    ]
     print(f'gradients, relative L2: {relative_l2(*flat):.2e}')
 
 
@@ -117,8 +121,9 @@ def test_upernet_runs_on_meta():
     from mmseg.structures import SegDataSample
     model = meta_model('upernet_fcaformer_l2_160k_ade20k.py')
     data = model.data_preprocessor(
-        dict(inputs=[torch.zeros(3, 160, 224, dtype=torch.uint8)],
-             data_samples=[SegDataSample()]), False)
+        dict(
+            inputs=[torch.zeros(3, 160, 224, dtype=torch.uint8)],
+            data_samples=[SegDataSample()]), False)
     logits = model(data['inputs'], data['data_samples'], mode='tensor')
     assert logits.device == META and logits.shape == (1, 150, 40, 56)
     auxiliary = model.auxiliary_head(model.extract_feat(data['inputs']))
@@ -132,11 +137,12 @@ def test_mask_rcnn_runs_on_meta():
     tensors of the model."""
     from mmdet.structures import DetDataSample
     model = meta_model('mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
-    sample = DetDataSample(metainfo=dict(img_shape=(200, 300),
-                                         ori_shape=(200, 300)))
+    sample = DetDataSample(
+        metainfo=dict(img_shape=(200, 300), ori_shape=(200, 300)))
     data = model.data_preprocessor(
-        dict(inputs=[torch.zeros(3, 200, 300, dtype=torch.uint8)],
-             data_samples=[sample]), False)
+        dict(
+            inputs=[torch.zeros(3, 200, 300, dtype=torch.uint8)],
+            data_samples=[sample]), False)
     features = model.extract_feat(data['inputs'])
     assert len(features) == 5 and on_meta(features)
     scores, deltas = model.rpn_head(features)
@@ -148,20 +154,19 @@ def test_mask_rcnn_runs_on_meta():
         torch.zeros(rois, 256, *box_size, device=META))
     assert cls_score.shape == (rois, 81) and on_meta([bbox_pred])
     mask_size = roi_head.mask_roi_extractor.roi_layers[0].output_size
-    masks = roi_head.mask_head(torch.zeros(rois, 256, *mask_size,
-                                           device=META))
+    masks = roi_head.mask_head(torch.zeros(rois, 256, *mask_size, device=META))
     assert masks.shape == (rois, 80, 28, 28) and on_meta([masks])
 
 
 def test_deploy_mode_runs_on_meta():
-    model = FcaFormer('l2', out_indices=(0, 1, 2, 3),
-                      out_channels=L2_DENSE_WIDTHS)
+    model = FcaFormer(
+        'l2', out_indices=(0, 1, 2, 3), out_channels=L2_DENSE_WIDTHS)
     model.switch_to_deploy()
     model.to(META)
     outs = model(torch.zeros(*FP16_INPUT, device=META))
     assert on_meta(outs)
     assert [o.shape[1:] for o in outs] == [(96, 72, 24), (192, 36, 12),
-                                            (384, 18, 6), (768, 9, 3)]
+                                           (384, 18, 6), (768, 9, 3)]
 
 
 def test_benchmark_moves_models_and_inputs_to_its_device(tmp_path):
@@ -176,7 +181,8 @@ def test_benchmark_moves_models_and_inputs_to_its_device(tmp_path):
     out = tmp_path / 'benchmark.json'
     results = benchmark.main([
         '--device', 'meta', '--latency-only', '--models', 'FcaFormer-L1',
-        'ConvNeXt-T', '--repeat', '2', '--out', str(out)
+        'ConvNeXt-T', '--repeat', '2', '--out',
+        str(out)
     ])
     latency = json.loads(out.read_text())['classification_latency']
     assert results['device'] == 'meta'

@@ -44,8 +44,8 @@ def test_classifier_logits_match_official(arch):
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=2e-5)
 
 
-@pytest.mark.parametrize('size', [(224, 224), (64, 64), (100, 75),
-                                  (160, 208), (250, 188)])
+@pytest.mark.parametrize('size', [(224, 224), (64, 64), (100, 75), (160, 208),
+                                  (250, 188)])
 def test_dense_features_match_official(official_dense_l2, size):
     model = FcaFormer(
         'l2', out_indices=(0, 1, 2, 3), out_channels=L2_DENSE_WIDTHS)

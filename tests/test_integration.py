@@ -9,9 +9,9 @@ import timm
 import torch
 from reference import OFFICIAL_PARAMS, reference_forward
 
-from mmfca.utils.complexity import complexity
-from mmfca.models import FcaFormer
 from mmfca.apis import build_model, load_config
+from mmfca.models import FcaFormer
+from mmfca.utils.complexity import complexity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,7 +71,8 @@ def test_import_is_light_and_registers_in_the_root_registries():
         import sys
         import mmfca
         from mmengine import registry
-        heavy = [m for m in ('mmseg', 'mmdet', 'mmpretrain') if m in sys.modules]
+        heavy = [m for m in ('mmseg', 'mmdet', 'mmpretrain')
+                 if m in sys.modules]
         assert not heavy, heavy
         assert registry.MODELS.get('FcaFormer') is mmfca.FcaFormer
         assert registry.RUNNERS.get('ReliableRunner') is mmfca.ReliableRunner
@@ -82,7 +83,8 @@ def test_import_is_light_and_registers_in_the_root_registries():
             'FcaFormerLearningRateDecayOptimizerConstructor') is not None
         assert registry.TRANSFORMS.get('LoadImageFromFileOrSkip') is not None
     """)
-    result = subprocess.run([sys.executable, '-c', code], capture_output=True,
+    result = subprocess.run([sys.executable, '-c', code],
+                            capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -97,9 +99,8 @@ def test_dense_models_from_config_files(tmp_path, scope, body, size):
     assert isinstance(model.backbone, FcaFormer)
     with torch.no_grad():
         out = model(torch.randn(1, 3, *size), mode='tensor')
-    tensors = out if isinstance(out, torch.Tensor) else [
-        t for level in out for t in level
-    ]
+    tensors = out if isinstance(
+        out, torch.Tensor) else [t for level in out for t in level]
     assert all(torch.isfinite(t).all() for t in torch.atleast_1d(*tensors))
 
 
@@ -127,8 +128,7 @@ def test_timm_features_only():
     with torch.no_grad():
         feats = model(torch.randn(1, 3, 96, 64))
     assert [tuple(f.shape) for f in feats] == [(1, 64, 24, 16),
-                                               (1, 128, 12, 8),
-                                               (1, 192, 6, 4),
+                                               (1, 128, 12, 8), (1, 192, 6, 4),
                                                (1, 320, 3, 2)]
 
 
@@ -142,8 +142,10 @@ def test_timm_loads_official_weights(official_cls):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(
-            model(x), reference_forward(ckpt['ema'], 'l1', x),
-            rtol=1e-4, atol=2e-5)
+            model(x),
+            reference_forward(ckpt['ema'], 'l1', x),
+            rtol=1e-4,
+            atol=2e-5)
 
 
 # Official implementation, mmengine's counter with attention matmuls.
@@ -155,14 +157,18 @@ def test_macs_of_the_classifier_configs(arch):
     cfg = load_config(os.path.join(REPO, f'configs/fcaformer_{arch}_in1k.py'))
     result = complexity(build_model(cfg), torch.randn(1, 3, 224, 224))
     assert result['params'] == OFFICIAL_PARAMS[arch]
-    assert result['macs'] / 1e9 == pytest.approx(OFFICIAL_GMACS[arch],
-                                                 rel=0.02)
+    assert result['macs'] / 1e9 == pytest.approx(
+        OFFICIAL_GMACS[arch], rel=0.02)
 
 
 def test_get_flops_tool_prints_params_and_macs():
     result = subprocess.run([
         sys.executable, 'tools/analysis/get_flops.py',
         'configs/fcaformer_l1_in1k.py', '--shape', '224', '224'
-    ], cwd=REPO, capture_output=True, text=True, check=True)
+    ],
+                            cwd=REPO,
+                            capture_output=True,
+                            text=True,
+                            check=True)
     assert 'Params: 6.188M' in result.stdout
     assert 'MACs: 1.37' in result.stdout or 'MACs: 1.38' in result.stdout

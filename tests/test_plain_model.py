@@ -8,8 +8,8 @@ import torch
 from mmengine.optim import build_optim_wrapper
 from reference import reference_plain_forward
 
-from mmfca.models import FcaFormer
 from mmfca.apis import build_model, load_config
+from mmfca.models import FcaFormer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 L0_CONFIG = os.path.join(REPO, 'configs/fcaformer_l0_in1k.py')
@@ -43,9 +43,8 @@ def test_size_is_the_papers_and_the_head_is_deits(l0_classifier):
         assert ours[mine].shape == deit[theirs].shape, mine
     backbone = model.backbone
     assert backbone.window_size == (14, )
-    assert [b.attn.num_cross_tokens for b in backbone.stages[0].blocks] == [
-        16 * i for i in range(12)
-    ]
+    assert [b.attn.num_cross_tokens
+            for b in backbone.stages[0].blocks] == [16 * i for i in range(12)]
 
 
 def test_outputs_follow_the_described_model():
@@ -105,7 +104,7 @@ def test_config_is_deits_recipe(l0_classifier):
     assert backbone.stages[0].blocks[5].attn.depth_bias.grad.abs().sum() > 0
     assert backbone.cls_token.grad.abs().sum() > 0
     assert backbone.pos_embed.grad.abs().sum() > 0
-    assert backbone.get_layer_depth('backbone.stages.0.blocks.5.ffn.fc1.weight',
-                                    'backbone.') == (6, 14)
-    assert backbone.get_layer_depth('backbone.cls_token', 'backbone.') == (0,
-                                                                            14)
+    assert backbone.get_layer_depth(
+        'backbone.stages.0.blocks.5.ffn.fc1.weight', 'backbone.') == (6, 14)
+    assert backbone.get_layer_depth('backbone.cls_token',
+                                    'backbone.') == (0, 14)

@@ -13,8 +13,8 @@ from mmfca.apis import load_config, register_scope
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MASK_RCNN = os.path.join(REPO, 'configs/mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
-CASCADE = os.path.join(REPO,
-                       'configs/cascade_mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
+CASCADE = os.path.join(
+    REPO, 'configs/cascade_mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
 SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
 METAFILE = os.path.join(REPO, 'configs/metafile.yml')
 
@@ -57,8 +57,8 @@ def test_detection_schedule_is_the_official_one(config):
                 lr * official_lr_factor(iteration, epoch) for lr in group_lrs
             ]
             actual = [group['lr'] for group in optimizer.param_groups]
-            assert actual == pytest.approx(expected, rel=1e-6), (iteration,
-                                                                 epoch)
+            assert actual == pytest.approx(
+                expected, rel=1e-6), (iteration, epoch)
             optimizer.step()
             for scheduler in schedulers:
                 if not scheduler.by_epoch:
@@ -83,8 +83,9 @@ def official_aug_test_branches(width, height):
     branches = []
     for ratio in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75):
         scale = (int(2048 * ratio), int(512 * ratio))
-        factor = min(max(scale) / max(width, height),
-                     min(scale) / min(width, height))
+        factor = min(
+            max(scale) / max(width, height),
+            min(scale) / min(width, height))
         size = (int(height * factor + 0.5), int(width * factor + 0.5))
         branches += [(size, False), (size, True)]
     return branches
@@ -119,8 +120,8 @@ def test_tta_resizes_as_the_official_aug_test(tmp_path):
         data = dataset[index]
         got = [(tuple(inputs.shape[-2:]), sample.flip)
                for inputs, sample in zip(data['inputs'], data['data_samples'])]
-        assert got == official_aug_test_branches(width, height), (width,
-                                                                  height)
+        assert got == official_aug_test_branches(width,
+                                                 height), (width, height)
         for plain, flipped in zip(data['inputs'][::2], data['inputs'][1::2]):
             assert torch.equal(flipped, plain.flip(-1))
         # Labels at the original size, reduced by one (0 becomes ignored).
@@ -135,17 +136,47 @@ def test_tta_resizes_as_the_official_aug_test(tmp_path):
 # The figures of the official README (github.com/hkzhang-git/FcaFormer),
 # the paper's tables.
 PAPER_FIGURES = {
-    'fcaformer-l0_in1k': {'ImageNet-1k': {'Top 1 Accuracy': 74.3}},
-    'fcaformer-l1_in1k': {'ImageNet-1k': {'Top 1 Accuracy': 80.3}},
-    'fcaformer-l2_in1k': {'ImageNet-1k': {'Top 1 Accuracy': 83.1}},
-    'fcaformer-l3_in1k': {'ImageNet-1k': {'Top 1 Accuracy': 84.2}},
-    'fcaformer-l4_in1k': {'ImageNet-1k': {'Top 1 Accuracy': 84.9}},
-    'upernet_fcaformer-l2_160k_ade20k': {'ADE20K': {'mIoU (ms+flip)': 47.6}},
+    'fcaformer-l0_in1k': {
+        'ImageNet-1k': {
+            'Top 1 Accuracy': 74.3
+        }
+    },
+    'fcaformer-l1_in1k': {
+        'ImageNet-1k': {
+            'Top 1 Accuracy': 80.3
+        }
+    },
+    'fcaformer-l2_in1k': {
+        'ImageNet-1k': {
+            'Top 1 Accuracy': 83.1
+        }
+    },
+    'fcaformer-l3_in1k': {
+        'ImageNet-1k': {
+            'Top 1 Accuracy': 84.2
+        }
+    },
+    'fcaformer-l4_in1k': {
+        'ImageNet-1k': {
+            'Top 1 Accuracy': 84.9
+        }
+    },
+    'upernet_fcaformer-l2_160k_ade20k': {
+        'ADE20K': {
+            'mIoU (ms+flip)': 47.6
+        }
+    },
     'mask-rcnn_fcaformer-l2_fpn_3x_coco': {
-        'COCO': {'box AP': 47.0, 'mask AP': 42.1}
+        'COCO': {
+            'box AP': 47.0,
+            'mask AP': 42.1
+        }
     },
     'cascade-mask-rcnn_fcaformer-l2_fpn_3x_coco': {
-        'COCO': {'box AP': 51.0, 'mask AP': 43.9}
+        'COCO': {
+            'box AP': 51.0,
+            'mask AP': 43.9
+        }
     },
 }
 
@@ -177,7 +208,6 @@ def test_metafile_results_are_the_papers_and_say_so():
             for metric, value in result['Metrics'].items():
                 assert metric.endswith(' (paper)') or metric.endswith(
                     ', paper)'), (model['Name'], metric)
-                plain = metric.replace(' (paper)',
-                                       '').replace(', paper)', ')')
+                plain = metric.replace(' (paper)', '').replace(', paper)', ')')
                 figures.setdefault(result['Dataset'], {})[plain] = value
         assert figures == PAPER_FIGURES[model['Name']], model['Name']

@@ -28,9 +28,9 @@ import time
 
 import torch
 
+from mmfca.engine.runner import find_resumable_checkpoint
 from mmfca.testing import (make_synthetic_ade20k, make_synthetic_coco,
                            synthetic_data_overrides)
-from mmfca.engine.runner import find_resumable_checkpoint
 from mmfca.utils.serialization import load_checkpoint_file
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -76,8 +76,10 @@ def make_data(task: str, root: str) -> None:
 
 def train_command(config: str, work_dir: str, options: list,
                   resume: bool) -> list:
-    command = [sys.executable, osp.join(REPO, 'tools/train.py'), config,
-               '--work-dir', work_dir]
+    command = [
+        sys.executable,
+        osp.join(REPO, 'tools/train.py'), config, '--work-dir', work_dir
+    ]
     if resume:
         command.append('--resume')
     return command + ['--cfg-options'] + options
@@ -113,8 +115,9 @@ def differences(a_path: str, b_path: str) -> dict:
         weights=gap(a['state_dict'], b['state_dict']),
         optimizer=gap(a['optimizer'], b['optimizer']),
         schedulers=gap(a['param_schedulers'], b['param_schedulers']),
-        same_step=(a['meta']['iter'], a['meta']['epoch']) == (
-            b['meta']['iter'], b['meta']['epoch']))
+        same_step=(a['meta']['iter'],
+                   a['meta']['epoch']) == (b['meta']['iter'],
+                                           b['meta']['epoch']))
 
 
 def kill_at_random(command: list, work_dir: str, log: str,
@@ -178,8 +181,7 @@ def check_ddp(args) -> dict:
     root = osp.join(args.work_dir, 'data')
     if not osp.isdir(root):
         make_data(args.task, root)
-    options = task_options(args.task, root, 4 if args.task == 'seg' else 1,
-                           0)
+    options = task_options(args.task, root, 4 if args.task == 'seg' else 1, 0)
     log = osp.join(args.work_dir, 'runs.log')
     env = dict(os.environ, PORT=str(args.port))
     env['PATH'] = osp.dirname(sys.executable) + os.pathsep + env['PATH']
@@ -194,13 +196,12 @@ def check_ddp(args) -> dict:
     one = osp.join(args.work_dir, 'one_process')
     start = time.time()
     run(
-        train_command(config, one,
-                      options + ['train_dataloader.batch_size=4'], False),
-        log)
+        train_command(config, one, options + ['train_dataloader.batch_size=4'],
+                      False), log)
     return dict(
         task=args.task,
-        seconds=dict(two_processes=two_seconds, one_process=time.time() -
-                     start),
+        seconds=dict(
+            two_processes=two_seconds, one_process=time.time() - start),
         differences=differences(final_checkpoint(two), final_checkpoint(one)),
         note='With SyncBN turned into per-process BN, random augmentation '
         'and drop path, the two runs follow the same recipe but not the '
@@ -228,11 +229,9 @@ def main():
     parser.add_argument('--seed', type=int, default=0, help='kill timing')
     parser.add_argument('--port', type=int, default=29541)
     args = parser.parse_args()
-    args.work_dir = osp.abspath(osp.join(args.work_dir, args.check,
-                                         args.task))
+    args.work_dir = osp.abspath(osp.join(args.work_dir, args.check, args.task))
     os.makedirs(args.work_dir, exist_ok=True)
-    result = check_resume(args) if args.check == 'resume' else check_ddp(
-        args)
+    result = check_resume(args) if args.check == 'resume' else check_ddp(args)
     print(json.dumps(result, indent=2))
     with open(osp.join(args.work_dir, 'reliability.json'), 'w') as file:
         json.dump(result, file, indent=2)

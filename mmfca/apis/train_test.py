@@ -135,8 +135,9 @@ def configure_training(cfg, args):
     if args.amp:
         wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
         if wrapper in AMP_WRAPPERS:
-            print_log(f'AMP is already on in the config ({wrapper}).',
-                      logger='current')
+            print_log(
+                f'AMP is already on in the config ({wrapper}).',
+                logger='current')
         else:
             cfg.optim_wrapper.type = 'AnyDeviceAmpOptimWrapper'
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
@@ -222,8 +223,7 @@ def configure_testing(cfg, scope: str, args):
     """Apply the checkpoint, ``--show``/``--show-dir``, ``--tta`` and the
     mmseg form of ``--out`` to ``cfg``."""
     if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(
-            f'Checkpoint not found: {args.checkpoint!r}.')
+        raise FileNotFoundError(f'Checkpoint not found: {args.checkpoint!r}.')
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         _enable_visualization(cfg, scope, args)
@@ -241,8 +241,7 @@ def _add_result_dump(runner, scope: str, out: str):
                          f'configs, got {out!r}.')
     if scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(
-            DumpDetResults(out_file_path=out))
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
     else:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
@@ -272,8 +271,12 @@ def test(argv: Optional[List[str]] = None) -> Dict[str, float]:
     path = osp.join(runner.log_dir, 'test_metrics.json')
     with open(path, 'w') as file:
         json.dump(
-            dict(config=args.config, checkpoint=args.checkpoint,
-                 metrics=metrics), file, indent=2)
+            dict(
+                config=args.config,
+                checkpoint=args.checkpoint,
+                metrics=metrics),
+            file,
+            indent=2)
     for key, value in metrics.items():
         print(f'{key}: {value}')
     print(f'metrics saved to {path}')

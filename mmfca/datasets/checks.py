@@ -185,8 +185,7 @@ def empty_dataset_error(cfg: dict) -> ValueError:
             places.append(
                 f'ann_file={_under_root(inner, inner["ann_file"])!r}')
         for key, prefix in _prefixes(inner).items():
-            places.append(
-                f'data_prefix.{key}={_under_root(inner, prefix)!r}')
+            places.append(f'data_prefix.{key}={_under_root(inner, prefix)!r}')
     where = ', '.join(places) or f'data_root={cfg.get("data_root")!r}'
     return ValueError(
         f'{cfg.get("type", "The dataset")} found no samples ({where}). '

@@ -49,9 +49,8 @@ class FcaFormerClassifier(nn.Module):
                  global_pool: str = 'avg'):
         super().__init__()
         if global_pool != 'avg':
-            raise ValueError(
-                f"FcaFormer supports global_pool='avg' only, got "
-                f'{global_pool!r}.')
+            raise ValueError(f"FcaFormer supports global_pool='avg' only, got "
+                             f'{global_pool!r}.')
         self.backbone = FcaFormer(
             arch,
             in_channels=in_chans,
@@ -73,8 +72,10 @@ class FcaFormerClassifier(nn.Module):
         for i, width in enumerate(self.backbone.channels):
             reduction = reduction * 2 if i else reduction
             self.feature_info.append(
-                dict(num_chs=width, reduction=reduction,
-                     module=f'backbone.stages.{i}'))
+                dict(
+                    num_chs=width,
+                    reduction=reduction,
+                    module=f'backbone.stages.{i}'))
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -106,8 +107,8 @@ class FcaFormerClassifier(nn.Module):
         """
         if output_fmt != 'NCHW':
             raise ValueError("FcaFormer intermediates are 'NCHW' only.")
-        take, max_index = feature_take_indices(len(self.backbone.stages),
-                                               indices)
+        take, max_index = feature_take_indices(
+            len(self.backbone.stages), indices)
         intermediates = []
         last = max_index if stop_early else len(self.backbone.stages) - 1
         for i in range(last + 1):
@@ -179,8 +180,9 @@ def checkpoint_filter_fn(state_dict: dict,
         if prefix and not k.startswith((prefix, 'head.'))
     }
     pretrained_cfg = getattr(model, 'pretrained_cfg', None) or {}
-    source = (pretrained_cfg.get('file') or pretrained_cfg.get('url')
-              or pretrained_cfg.get('hf_hub_id') or 'the pretrained weights')
+    source = (
+        pretrained_cfg.get('file') or pretrained_cfg.get('url')
+        or pretrained_cfg.get('hf_hub_id') or 'the pretrained weights')
     check_backbone_coverage(
         model.backbone,
         backbone,
@@ -193,8 +195,7 @@ def checkpoint_filter_fn(state_dict: dict,
         strict=strict,
         opt_out='pretrained_strict=False in timm.create_model')
     out = {f'backbone.{k}': v for k, v in backbone.items()}
-    out.update((f"head.{k.removeprefix('fc.')}", v)
-               for k, v in head.items())
+    out.update((f"head.{k.removeprefix('fc.')}", v) for k, v in head.items())
     out.update(rest)
     return out
 

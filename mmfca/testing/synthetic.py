@@ -29,8 +29,8 @@ _COLOURS = {
 
 def _draw_shape(image, label_map, kind, rng, size):
     height, width = size
-    cy, cx = rng.integers(height // 6, height * 5 // 6), rng.integers(
-        width // 6, width * 5 // 6)
+    cy, cx = rng.integers(height // 6, height * 5 //
+                          6), rng.integers(width // 6, width * 5 // 6)
     ry = int(rng.integers(height // 10, height // 4))
     rx = int(rng.integers(width // 10, width // 4))
     mask = np.zeros((height, width), np.uint8)
@@ -164,7 +164,8 @@ def _coco_split(rng, count, shape, image_dir, split, first_ann_id):
                     category_id=cat_id,
                     segmentation=[_polygon_of(mask)],
                     area=float(mask.sum()),
-                    bbox=[float(x), float(y), float(w), float(h)],
+                    bbox=[float(x), float(y),
+                          float(w), float(h)],
                     # Now and then a crowd region, as COCO has.
                     iscrowd=int(j == 2)))
             ann_id += 1
@@ -204,20 +205,20 @@ def make_synthetic_coco(root: str,
     rng = np.random.default_rng(seed)
     shape = (size, size * 4 // 3)
     categories = [
-        dict(id=cat_id, name=name, supercategory='coco')
-        for cat_id, name in zip(COCO_CATEGORY_IDS,
-                                CocoDataset.METAINFO['classes'])
+        dict(id=cat_id, name=name,
+             supercategory='coco') for cat_id, name in zip(
+                 COCO_CATEGORY_IDS, CocoDataset.METAINFO['classes'])
     ]
     os.makedirs(os.path.join(root, 'annotations'), exist_ok=True)
     counts, ann_id = {}, 1
     for split, count in (('train2017', num_train), ('val2017', num_val)):
         image_dir = os.path.join(root, split)
         os.makedirs(image_dir, exist_ok=True)
-        images, annotations, ann_id = _coco_split(rng, count, shape,
-                                                  image_dir, split, ann_id)
+        images, annotations, ann_id = _coco_split(rng, count, shape, image_dir,
+                                                  split, ann_id)
         with open(
-                os.path.join(root, 'annotations',
-                             f'instances_{split}.json'), 'w') as file:
+                os.path.join(root, 'annotations', f'instances_{split}.json'),
+                'w') as file:
             json.dump(
                 dict(
                     images=images,

@@ -8,6 +8,5 @@ from .guard_hooks import LabelRangeHook, NonFiniteLossHook
 from .rng_state_hook import RNGStateHook
 
 __all__ = [
-    'SafeCheckpointHook', 'RNGStateHook', 'NonFiniteLossHook',
-    'LabelRangeHook'
+    'SafeCheckpointHook', 'RNGStateHook', 'NonFiniteLossHook', 'LabelRangeHook'
 ]

@@ -47,8 +47,9 @@ class SafeCheckpointHook(CheckpointHook):
         super().before_train(runner)
         if is_main_process() and self._is_local():
             for path in glob.glob(osp.join(self.out_dir, f'*{TMP_MARK}*')):
-                print_log(f'Removing {path}, left by an interrupted save.',
-                          logger='current')
+                print_log(
+                    f'Removing {path}, left by an interrupted save.',
+                    logger='current')
                 os.remove(path)
 
     def _is_local(self) -> bool:

@@ -30,8 +30,8 @@ class NonFiniteLossHook(Hook):
         for name, value in (outputs or {}).items():
             if 'loss' not in name:
                 continue
-            value = float(value.detach() if isinstance(
-                value, torch.Tensor) else value)
+            value = float(
+                value.detach() if isinstance(value, torch.Tensor) else value)
             if not math.isfinite(value):
                 bad[name] = value
         if not bad:
@@ -74,7 +74,9 @@ class LabelRangeHook(Hook):
             return 'gt_label', head.num_classes, None
         return None
 
-    def before_train_iter(self, runner, batch_idx: int,
+    def before_train_iter(self,
+                          runner,
+                          batch_idx: int,
                           data_batch=None) -> None:
         found = self._classes(runner.model)
         if found is None or not isinstance(data_batch, dict):

@@ -6,21 +6,21 @@ and BEiT only. This constructor (mmengine's default one with its own
 exactly as the official downstream code does, quirks included, expressed on
 mmfca's parameter names:
 
-==========================  ==============================  ==============================
-parameters                  ``stage_wise`` (segmentation)   ``layer_wise_cab`` (detection)
-==========================  ==============================  ==============================
-stem                        0                               0
-downsampling into stage 2   0                               0
-downsampling into stage 3   0                               2
-downsampling into stage 4   0                               3
-LSFs (cross_scale), depth   0                               0
+==========================  =====================  =====================
+parameters                  ``stage_wise`` (seg)   ``layer_wise_cab`` (det)
+==========================  =====================  =====================
+stem                        0                      0
+downsampling into stage 2   0                      0
+downsampling into stage 3   0                      2
+downsampling into stage 4   0                      3
+LSFs (cross_scale), depth   0                      0
 bias, anywhere
-stage 1 / 2 blocks          1 / 2                           1 / 2
-stage 3 block ``b``         3                               3 + b // 3
-stage 4 blocks              4                               ``num_layers``
-everything else (output     ``num_layers + 1``              ``num_layers + 1``
+stage 1 / 2 blocks          1 / 2                  1 / 2
+stage 3 block ``b``         3                      3 + b // 3
+stage 4 blocks              4                      ``num_layers``
+everything else (output     ``num_layers + 1``     ``num_layers + 1``
 projections, neck, heads)
-==========================  ==============================  ==============================
+==========================  =====================  =====================
 
 A group's learning rate is ``lr * decay_rate ** (num_layers + 1 - id)``: the
 last group trains at the full rate. Weight decay is 0 for 1-D parameters and
@@ -47,8 +47,8 @@ def fcaformer_no_weight_decay(name: str, param, decay_type: str) -> bool:
                                                              'cls_token'):
         return True
     if decay_type == 'stage_wise':
-        return name.endswith(('attn.depth_bias', 'attn.position_bias')) or (
-            'norm' in name)
+        return name.endswith(
+            ('attn.depth_bias', 'attn.position_bias')) or ('norm' in name)
     return False
 
 
@@ -87,7 +87,8 @@ class FcaFormerLearningRateDecayOptimizerConstructor(
                 continue
             no_decay = fcaformer_no_weight_decay(name, param, decay_type)
             layer_id = fcaformer_layer_id(name, decay_type, num_layers)
-            group_name = f'layer_{layer_id}_{"no_decay" if no_decay else "decay"}'
+            kind = 'no_decay' if no_decay else 'decay'
+            group_name = f'layer_{layer_id}_{kind}'
             if group_name not in groups:
                 scale = decay_rate**(num_layers + 1 - layer_id)
                 groups[group_name] = dict(
@@ -101,13 +102,16 @@ class FcaFormerLearningRateDecayOptimizerConstructor(
             groups[group_name]['param_names'].append(name)
         if get_dist_info()[0] == 0:
             summary = {
-                key: dict(
+                key:
+                dict(
                     lr_scale=group['lr_scale'],
                     lr=group['lr'],
                     weight_decay=group['weight_decay'],
                     params=len(group['params']))
                 for key, group in sorted(groups.items())
             }
-            print_log(f'FcaFormer {decay_type} learning-rate decay groups: '
-                      f'{json.dumps(summary, indent=1)}', logger='current')
+            print_log(
+                f'FcaFormer {decay_type} learning-rate decay groups: '
+                f'{json.dumps(summary, indent=1)}',
+                logger='current')
         params.extend(groups.values())

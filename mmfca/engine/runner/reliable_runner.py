@@ -62,8 +62,8 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
         return recorded
     folder = osp.dirname(recorded) if recorded else work_dir
     candidates = sorted(
-        (name for name in os.listdir(folder) if name.endswith('.pth')
-         and not name.startswith('best')),
+        (name for name in os.listdir(folder)
+         if name.endswith('.pth') and not name.startswith('best')),
         key=lambda name: _step_of(name),
         reverse=True) if osp.isdir(folder) else []
     for name in candidates:
@@ -170,8 +170,8 @@ class ReliableRunner(Runner):
             logger='current')
         # Runner's private field (verified with mmengine 0.10.7).
         loader = self._train_dataloader
-        batch_size = loader.get('batch_size', 2) if isinstance(
-            loader, dict) else 2
+        batch_size = loader.get('batch_size', 2) if isinstance(loader,
+                                                               dict) else 2
         if had_sync_bn and batch_size < 2:
             print_log(
                 'train_dataloader.batch_size is 1 per process and the '

@@ -164,11 +164,11 @@ class ConvStem(BaseModule):
 
     def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict):
         super().__init__()
-        self.conv1 = ConvBN(in_channels, out_channels // 2, 3, 2,
-                            norm_cfg=norm_cfg)
+        self.conv1 = ConvBN(
+            in_channels, out_channels // 2, 3, 2, norm_cfg=norm_cfg)
         self.act = nn.GELU()
-        self.conv2 = ConvBN(out_channels // 2, out_channels, 3, 2,
-                            norm_cfg=norm_cfg)
+        self.conv2 = ConvBN(
+            out_channels // 2, out_channels, 3, 2, norm_cfg=norm_cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.act(self.conv1(x)))
@@ -293,8 +293,7 @@ class ForwardCrossAttention(BaseModule):
             relative_position_index(window_size),
             persistent=False)
         if num_cross_tokens > 0:
-            self.cross_scale = nn.Parameter(
-                torch.ones(1, num_cross_tokens, 1))
+            self.cross_scale = nn.Parameter(torch.ones(1, num_cross_tokens, 1))
             self.cross_norm = nn.LayerNorm(embed_dims)
             self.depth_bias = nn.Parameter(
                 torch.zeros(1, num_heads, 1, num_cross_tokens))
@@ -321,8 +320,7 @@ class ForwardCrossAttention(BaseModule):
         if key in state_dict and state_dict[key].shape != \
                 self.cross_scale.shape:
             state_dict[key] = resize_token_grids(
-                state_dict[key].transpose(1, 2), blocks,
-                side).transpose(1, 2)
+                state_dict[key].transpose(1, 2), blocks, side).transpose(1, 2)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -487,9 +485,8 @@ class FcaBlock(BaseModule):
         x = x + self.drop_path(self.ls2(self.ffn(self.norm2(x))))
         return x, new_cross
 
-    def merge_and_enhance(
-            self,
-            x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def merge_and_enhance(self, x: torch.Tensor
+                          ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Token merging and enhancement (TME) of window tokens
         ``(B, prefix + ws * ws, C)``: the enhanced tokens and this block's
         cross tokens (None for the last block); prefix tokens pass
@@ -738,24 +735,25 @@ class FcaFormer(BaseModule):
     arch_zoo = {
         # The paper's plain model (Table 1): DeiT-Tiny's layout (16x16
         # patches, 192 channels, 12 blocks, 3 heads) with FcaFormer blocks.
-        'l0': dict(
-            channels=(192, ),
-            depths=(12, ),
-            num_heads=(3, ),
-            patch_size=16),
-        'l1': dict(
+        'l0':
+        dict(channels=(192, ), depths=(12, ), num_heads=(3, ), patch_size=16),
+        'l1':
+        dict(
             channels=(64, 128, 192, 320),
             depths=(2, 2, 6, 2),
             num_heads=(0, 0, 6, 10)),
-        'l2': dict(
+        'l2':
+        dict(
             channels=(96, 192, 320, 480),
             depths=(2, 2, 7, 2),
             num_heads=(0, 0, 10, 15)),
-        'l3': dict(
+        'l3':
+        dict(
             channels=(96, 192, 320, 512),
             depths=(3, 6, 12, 3),
             num_heads=(0, 0, 10, 16)),
-        'l4': dict(
+        'l4':
+        dict(
             channels=(128, 256, 512, 768),
             depths=(3, 6, 12, 3),
             num_heads=(0, 0, 16, 24)),
@@ -766,8 +764,7 @@ class FcaFormer(BaseModule):
     # The official initialisation: truncated normal for conv and linear
     # weights, unit LayerNorms (BN layers start at weight 1, bias 0).
     default_init_cfg = [
-        dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02,
-             bias=0.),
+        dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.),
         dict(type='Constant', layer=['LayerNorm'], val=1., bias=0.),
     ]
 
@@ -835,9 +832,8 @@ class FcaFormer(BaseModule):
         if out_channels is not None:
             out_channels = tuple(out_channels)
             if len(out_channels) != self.num_stages:
-                raise ValueError(
-                    f'out_channels needs one entry per stage '
-                    f'({self.num_stages}), got {out_channels}.')
+                raise ValueError(f'out_channels needs one entry per stage '
+                                 f'({self.num_stages}), got {out_channels}.')
         self.out_channels = out_channels
 
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -894,19 +890,17 @@ class FcaFormer(BaseModule):
                 self.add_module(f'norm{i}', nn.LayerNorm(channels[i]))
             elif out_channels is not None:
                 self.add_module(f'proj{i}',
-                                OutputProjection(channels[i],
-                                                 out_channels[i]))
+                                OutputProjection(channels[i], out_channels[i]))
             else:
-                self.add_module(f'norm{i}',
-                                LayerNorm2d(channels[i], eps=1e-6))
+                self.add_module(f'norm{i}', LayerNorm2d(channels[i], eps=1e-6))
         self._freeze_stages()
         # As mmpretrain's Swin fits its tables: for every way of loading.
         self._register_load_state_dict_pre_hook(self._prepare_state_dict)
 
     @classmethod
-    def _with_pretrained_loader(
-        cls, init_cfg: Optional[Union[dict, List[dict]]]
-    ) -> Union[dict, List[dict]]:
+    def _with_pretrained_loader(cls, init_cfg: Optional[Union[dict,
+                                                              List[dict]]]
+                                ) -> Union[dict, List[dict]]:
         """The init_cfg that mmengine runs: the default initialisation
         unless another is given, and a ``Pretrained`` entry run by
         :class:`FcaFormerPretrainedInit` after the others. (mmengine runs it
@@ -970,8 +964,8 @@ class FcaFormer(BaseModule):
         if isinstance(window_size, int):
             window_size = (window_size, ) * count
         window_size = tuple(window_size)
-        if len(window_size) != count or any(
-                not isinstance(w, int) or w < 1 for w in window_size):
+        if len(window_size) != count or any(not isinstance(w, int) or w < 1
+                                            for w in window_size):
             raise ValueError(
                 f'window_size must be a positive int or {count} of them (one '
                 f'per FcaFormer stage), got {window_size}.')
@@ -1069,8 +1063,9 @@ class FcaFormer(BaseModule):
         ``LearningRateDecayOptimWrapperConstructor``.
 
         The groups are the official layer-wise ones of the detection recipe
-        (``layer_wise_cab``, see :mod:`mmfca.engine.optimizers.layer_decay_optim_wrapper_constructor`) over 6
-        layers, or 12 when stage 3 is deeper than 9 blocks (L3, L4); the
+        (``layer_wise_cab``, see
+        :class:`~mmfca.engine.FcaFormerLearningRateDecayOptimizerConstructor`)
+        over 6 layers, or 12 when stage 3 is deeper than 9 blocks (L3, L4); the
         plain 'l0' has one depth per block.
 
         Args:
@@ -1093,8 +1088,8 @@ class FcaFormer(BaseModule):
             match = re.match(r'stages\.0\.blocks\.(\d+)\.', name)
             if match:
                 return int(match.group(1)) + 1, num_layers + 2
-            if name.startswith(('downsample_layers.', 'cls_token',
-                                'pos_embed')):
+            first = ('downsample_layers.', 'cls_token', 'pos_embed')
+            if name.startswith(first):
                 return 0, num_layers + 2
             return num_layers + 1, num_layers + 2
         return fcaformer_layer_id('backbone.' + name, 'layer_wise_cab',

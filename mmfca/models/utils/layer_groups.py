@@ -1,7 +1,8 @@
 """Layer groups of FcaFormer parameters for learning-rate decay.
 
 Shared by the segmentation / detection optimiser constructor
-(:mod:`mmfca.engine.optimizers.layer_decay_optim_wrapper_constructor`) and the backbone's ``get_layer_depth``
+(:class:`~mmfca.engine.FcaFormerLearningRateDecayOptimizerConstructor`)
+and the backbone's ``get_layer_depth``
 (mmpretrain's layer-decay constructor).
 """
 import re
