@@ -63,3 +63,43 @@ def test_block_profiler_times_the_real_forward_and_detaches():
     with torch.no_grad():
         model(images)
     assert dict(clock.seconds) == seconds
+
+
+def test_the_codebases_counter_counts_attention():
+    """mmengine's get_model_complexity_info, which the get_flops.py tools of
+    mmpretrain, mmseg and mmdet call, gives our 3.585G for the L2
+    classifier: ``import mmfca`` adds the handle of
+    scaled_dot_product_attention to its default tables."""
+    from mmengine.analysis import FlopAnalyzer, get_model_complexity_info
+
+    from mmfca.utils import complexity
+    model = build_model(
+        load_config(os.path.join(REPO, 'configs/fcaformer_l2_in1k.py')))
+    model.eval()
+    images = torch.randn(1, 3, 224, 224)
+    upstream = get_model_complexity_info(
+        TensorForward(model),
+        inputs=(images, ),
+        show_table=False,
+        show_arch=False)
+    ours = complexity(model, images)['macs']
+    assert upstream['flops'] == ours
+    assert round(ours / 1e6) == 3585
+    # By hand, q @ k^T and attn @ v per block: batch x heads x N x (N +
+    # cross) x head dims x 2. L2 at 224x224: stage 3 is one 14x14 window
+    # (N = 196), 10 heads of 32 channels, 7 blocks, 16 cross tokens from
+    # each earlier block; stage 4 one 7x7 window (N = 49), 15 heads of 32,
+    # 2 blocks, 4 cross tokens from each earlier block.
+    stage3 = sum(10 * 196 * (196 + 16 * j) * 32 * 2 for j in range(7))
+    stage4 = sum(15 * 49 * (49 + 4 * j) * 32 * 2 for j in range(2))
+    assert stage3 + stage4 == 219_049_600
+    analyzer = FlopAnalyzer(TensorForward(model), (images, ))
+    analyzer.unsupported_ops_warnings(False)
+    assert analyzer.by_operator()['scaled_dot_product_attention'] == \
+        stage3 + stage4
+    # The codebases' tools print it, so one block is restated too: the
+    # fourth block of stage 3 attends to 196 + 3 * 16 keys.
+    block = analyzer.by_module_and_operator(
+    )['model.backbone.stages.2.blocks.3.attn']
+    assert block['scaled_dot_product_attention'] == \
+        10 * 196 * (196 + 48) * 32 * 2
