@@ -145,3 +145,71 @@ def test_onnx_tool_refuses_cuda_without_a_gpu(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         tool.main()
     assert 'torch.cuda.is_available() is False' in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def upernet_l2():
+    """The synthetic UperNet + FcaFormer-L2 config's segmentor, random
+    weights with BN statistics from a few training-mode forwards."""
+    torch.manual_seed(0)
+    model = build_model(
+        load_config(
+            os.path.join(
+                REPO,
+                'configs/synthetic/upernet_fcaformer_l2_synthetic_ade20k.py')))
+    model.train()
+    with torch.no_grad():
+        model.decode_head(model.extract_feat(torch.randn(2, 3, 96, 96)))
+    return model.eval()
+
+
+@pytest.mark.parametrize('size', [(160, 160), (130, 225), (2, 3), (7, 19)])
+def test_exact_adaptive_pooling_equals_torch(size):
+    # Bins that divide the size, that do not, and more bins than inputs.
+    from mmfca.deployment import ExactAdaptiveAvgPool2d
+    x = torch.randn(2, 5, *size)
+    for output_size in [1, 2, 3, 6, (6, None), (None, 4)]:
+        ref = torch.nn.AdaptiveAvgPool2d(output_size)(x)
+        out = ExactAdaptiveAvgPool2d(output_size)(x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_export_of_the_whole_segmentor(upernet_l2, tmp_path):
+    """One dynamic file, mmseg's own whole-image logits at the export size
+    and at a size that is no multiple of 32 (its 5x8 last map pools into
+    3 and 6 bins unevenly)."""
+    path = str(tmp_path / 'upernet.onnx')
+    export_onnx(upernet_l2, path, (160, 160), dynamic=True, segmentor=True)
+    # The model's own pooling modules are back after the export.
+    pools = [
+        type(m) for m in upernet_l2.modules()
+        if isinstance(m, torch.nn.AdaptiveAvgPool2d)
+    ]
+    assert pools and set(pools) == {torch.nn.AdaptiveAvgPool2d}
+    torch.manual_seed(1)
+    for size, batch in [((160, 160), 1), ((145, 250), 2)]:
+        assert check_onnx(
+            upernet_l2, path, size, batch=batch, segmentor=True) < 1e-4
+
+
+def test_onnx_export_of_the_segmentor_labels(upernet_l2, tmp_path):
+    import onnxruntime
+
+    from mmfca.deployment import mmseg_inference
+    path = str(tmp_path / 'labels.onnx')
+    export_onnx(
+        upernet_l2, path, (96, 96), dynamic=True, segmentor=True, argmax=True)
+    session = onnxruntime.InferenceSession(
+        path, providers=['CPUExecutionProvider'])
+    torch.manual_seed(2)
+    images = torch.randn(1, 3, 113, 150)
+    labels, = session.run(None, {'images': images.numpy()})
+    with torch.no_grad():
+        expected = mmseg_inference(upernet_l2, images, argmax=True)
+        logits = mmseg_inference(upernet_l2, images)
+    assert labels.shape == (1, 1, 113, 150)
+    assert labels.dtype == expected.numpy().dtype
+    # Not a constant map: the labels carry the logits' argmax.
+    assert len(set(labels.ravel().tolist())) > 10
+    assert (labels == expected.numpy()).all()
+    assert (labels == logits.argmax(1, keepdim=True).numpy()).all()
