@@ -108,10 +108,12 @@ def test_with_cp_gives_the_same_gradients():
     plain = FcaFormer('l1', out_indices=(2, 3), layer_scale_init_value=1.0)
     plain.init_weights()
     ckpt = copy.deepcopy(plain)
-    ckpt.stages[2].with_cp = ckpt.stages[3].with_cp = True
+    for stage in ckpt.stages[2:]:
+        for block in stage.blocks:
+            block.grad_checkpointing = True
     for stage in ckpt.stages[:2]:
         for block in stage:
-            block.with_cp = True
+            block.grad_checkpointing = True
     x = torch.randn(2, 3, 96, 80)
     grads = []
     for model in (plain, ckpt):
@@ -124,8 +126,9 @@ def test_with_cp_gives_the_same_gradients():
 
 def test_with_cp_option_reaches_every_block():
     model = FcaFormer('l1', with_cp=True)
-    assert all(block.with_cp for block in model.stages[0])
-    assert model.stages[2].with_cp and model.stages[3].with_cp
+    assert all(block.grad_checkpointing for block in model.stages[0])
+    assert all(block.grad_checkpointing for stage in model.stages[2:]
+               for block in stage.blocks)
 
 
 def test_frozen_stages_do_not_change():

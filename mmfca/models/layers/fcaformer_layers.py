@@ -1,0 +1,907 @@
+"""The layers of FcaFormer, as plain ``nn.Module``\\ s.
+
+`FcaFormer <https://arxiv.org/abs/2211.07198>`_ (Zhang et al., ICCV 2023) is
+a hybrid backbone: a convolutional stem and two ConvNeXt stages, then two
+stages whose blocks also attend to the *cross tokens* made by the earlier
+blocks of the same stage. Its plain variant, L0, is DeiT-Tiny with those
+blocks.
+
+Everything here is one model definition shared by two thin front ends: the
+OpenMMLab backbone :class:`~mmfca.models.FcaFormer` (``init_cfg``, frozen
+stages, dense outputs) and the timm classifiers in
+:mod:`mmfca.models.timm_models`. The modules take timm-style arguments
+(``norm_layer`` callables), script with TorchScript and trace with
+``torch.fx``, so timm's tooling works on them.
+"""
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerNorm2d, trunc_normal_
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.utils.checkpoint import checkpoint
+
+NormLayer = Callable[[int], nn.Module]
+
+#: The paper's models. The hybrids ('l1' to 'l4') have a conv stem, two
+#: ConvNeXt stages (their ``num_heads`` are unused) and two FcaFormer
+#: stages; 'l0' is the plain model of the paper's Table 1, DeiT-Tiny's
+#: layout (16x16 patches, 192 channels, 12 blocks, 3 heads) with FcaBlocks.
+FCAFORMER_ARCHS: Dict[str, Dict[str, Union[int, Tuple[int, ...]]]] = {
+    'l0':
+    dict(channels=(192, ), depths=(12, ), num_heads=(3, ), patch_size=16),
+    'l1':
+    dict(
+        channels=(64, 128, 192, 320),
+        depths=(2, 2, 6, 2),
+        num_heads=(0, 0, 6, 10)),
+    'l2':
+    dict(
+        channels=(96, 192, 320, 480),
+        depths=(2, 2, 7, 2),
+        num_heads=(0, 0, 10, 15)),
+    'l3':
+    dict(
+        channels=(96, 192, 320, 512),
+        depths=(3, 6, 12, 3),
+        num_heads=(0, 0, 10, 16)),
+    'l4':
+    dict(
+        channels=(128, 256, 512, 768),
+        depths=(3, 6, 12, 3),
+        num_heads=(0, 0, 16, 24)),
+}
+HYBRID_STAGES = 4
+HYBRID_CONV_STAGES = 2
+
+
+def parse_arch(arch: Union[str, dict]) -> dict:
+    """Check an arch name or dict and return its settings.
+
+    Args:
+        arch (str | dict): A key of :data:`FCAFORMER_ARCHS`
+            (case-insensitive), or a dict with ``channels``, ``depths`` and
+            ``num_heads`` (4 entries each for a hybrid; one per stage plus
+            ``patch_size`` for a plain model).
+
+    Returns:
+        dict: ``channels``, ``depths``, ``num_heads`` as int tuples, and
+        ``patch_size`` for a plain model.
+    """
+    if isinstance(arch, str):
+        key = arch.lower()
+        if key not in FCAFORMER_ARCHS:
+            raise ValueError(
+                f'Unknown FcaFormer arch {arch!r}. Choose one of '
+                f'{sorted(FCAFORMER_ARCHS)} or pass a dict with "channels", '
+                f'"depths" and "num_heads".')
+        return dict(FCAFORMER_ARCHS[key])
+    if not isinstance(arch, dict):
+        raise TypeError(
+            f'arch must be a str or a dict, got {type(arch).__name__}.')
+    needed = {'channels', 'depths', 'num_heads'}
+    if not needed <= set(arch) <= needed | {'patch_size'}:
+        raise ValueError(
+            f'A custom FcaFormer arch needs exactly the keys {sorted(needed)}'
+            f' (plus "patch_size" for a plain model), got {sorted(arch)}.')
+    settings = {k: tuple(int(v) for v in arch[k]) for k in needed}
+    plain = 'patch_size' in arch
+    stages = len(settings['depths']) if plain else HYBRID_STAGES
+    for key, values in settings.items():
+        if len(values) != stages:
+            raise ValueError(
+                f'arch["{key}"] needs {stages} entries, got {values}.')
+    if plain:
+        settings['patch_size'] = int(arch['patch_size'])
+    for i in range(0 if plain else HYBRID_CONV_STAGES, stages):
+        width, heads = settings['channels'][i], settings['num_heads'][i]
+        if heads <= 0 or width % heads:
+            raise ValueError(
+                f'Stage {i}: {width} channels cannot be split into {heads} '
+                f'attention heads; choose num_heads that divides the '
+                f'channels.')
+    return settings
+
+
+def num_conv_stages(arch_settings: dict) -> int:
+    """ConvNeXt stages of an arch: 0 for a plain model."""
+    return 0 if arch_settings.get('patch_size') else HYBRID_CONV_STAGES
+
+
+def parse_window_size(arch_settings: dict,
+                      window_size: Optional[Union[int, Sequence[int]]] = None
+                      ) -> Tuple[int, ...]:
+    """One attention window side per FcaFormer stage.
+
+    Args:
+        arch_settings (dict): From :func:`parse_arch`.
+        window_size (int | Sequence[int], optional): The windows; None gives
+            the feature sizes of 224x224 pretraining, under which pretrained
+            bias tables load unchanged.
+    """
+    count = len(arch_settings['depths']) - num_conv_stages(arch_settings)
+    if window_size is None:
+        stride = arch_settings.get('patch_size') or 16
+        window_size = tuple(224 // (stride * 2**i) for i in range(count))
+    if isinstance(window_size, int):
+        window_size = (window_size, ) * count
+    window_size = tuple(window_size)
+    if len(window_size) != count or any(not isinstance(w, int) or w < 1
+                                        for w in window_size):
+        raise ValueError(
+            f'window_size must be a positive int or {count} of them (one per '
+            f'FcaFormer stage), got {window_size}.')
+    return window_size
+
+
+def symbolic_shapes() -> bool:
+    """Whether the forward is being recorded rather than run: TorchScript
+    tracing (the legacy ONNX exporter), torch.export, or ``torch.fx``
+    symbolic tracing. Branching on feature-map sizes there would bake in
+    the recorded size or fail on symbolic values."""
+    # torch.fx._symbolic_trace.is_fx_tracing is what torch's own
+    # MultiheadAttention asks (verified with torch 2.14).
+    return (torch.jit.is_tracing() or torch.compiler.is_exporting()
+            or torch.fx._symbolic_trace.is_fx_tracing())
+
+
+def init_fcaformer_weights(module: nn.Module) -> None:
+    """The official initialisation, for ``model.apply``: truncated normal
+    (std 0.02) for conv and linear weights, zero biases, unit LayerNorms.
+    BatchNorm layers keep PyTorch's (weight 1, bias 0).
+
+    :class:`~mmfca.models.FcaFormer` states the same as its
+    ``default_init_cfg``, in mmengine's terms.
+    """
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class ConvBN(nn.Module):
+    """A bias-free convolution and a BatchNorm, no activation, with "same"
+    padding.
+
+    The keys ``conv.*`` and ``bn.*`` are those mmcv's ``ConvModule`` gives
+    a conv-BN pair, which mmfca checkpoints hold; ``ConvModule`` itself
+    neither scripts nor FX-traces, hence this module.
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        kernel_size (int): Kernel size. Defaults to 1.
+        stride (int): Stride. Defaults to 1.
+        groups (int): Convolution groups. Defaults to 1.
+        norm_layer (callable): Builds the BatchNorm from a channel count
+            (e.g. ``nn.BatchNorm2d`` or a SyncBN); it must be a BatchNorm
+            for :meth:`fuse`. Defaults to ``nn.BatchNorm2d``.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size: int = 1,
+                 stride: int = 1,
+                 groups: int = 1,
+                 norm_layer: NormLayer = nn.BatchNorm2d):
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False)
+        self.bn = norm_layer(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """The convolution with the BatchNorm (eval statistics) folded in."""
+        return fuse_conv_bn_eval(self.conv.eval(), self.bn.eval())
+
+
+class ConvStem(nn.Module):
+    """Two 3x3 stride-2 conv-BN layers with GELU between: 4x downsampling.
+
+    Args:
+        in_channels (int): Input image channels.
+        out_channels (int): Output channels.
+        norm_layer (callable): Builds the BatchNorm layers.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 norm_layer: NormLayer):
+        super().__init__()
+        self.conv1 = ConvBN(
+            in_channels, out_channels // 2, 3, 2, norm_layer=norm_layer)
+        self.act = nn.GELU()
+        self.conv2 = ConvBN(
+            out_channels // 2, out_channels, 3, 2, norm_layer=norm_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.act(self.conv1(x)))
+
+
+class Downsample(nn.Module):
+    """Stage transition: 1x1 conv-BN, 3x3 stride-2 depthwise conv-BN, 1x1
+    conv-BN, with GELU after the first two.
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        norm_layer (callable): Builds the BatchNorm layers.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 norm_layer: NormLayer):
+        super().__init__()
+        self.conv1 = ConvBN(in_channels, out_channels, norm_layer=norm_layer)
+        self.conv2 = ConvBN(
+            out_channels,
+            out_channels,
+            3,
+            2,
+            groups=out_channels,
+            norm_layer=norm_layer)
+        self.conv3 = ConvBN(out_channels, out_channels, norm_layer=norm_layer)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv1(x))
+        x = self.act(self.conv2(x))
+        return self.conv3(x)
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block of the first two stages: 7x7 depthwise conv,
+    LayerNorm and Linear-GELU-Linear over channels (channels-last), layer
+    scale, drop path, residual.
+
+    Its parameter names are those of mmpretrain's ``ConvNeXtBlock``, which
+    mmfca first built on and which our checkpoints hold.
+
+    Args:
+        channels (int): Channels.
+        drop_path_rate (float): Stochastic depth rate of the branch.
+        layer_scale_init_value (float): Initial layer scale; 0 or less
+            leaves the branch unscaled (no ``gamma``).
+    """
+
+    def __init__(self,
+                 channels: int,
+                 drop_path_rate: float = 0.,
+                 layer_scale_init_value: float = 1e-6):
+        super().__init__()
+        #: Recompute the block in the backward pass instead of storing its
+        #: activations (less memory while training).
+        self.grad_checkpointing = False
+        self.depthwise_conv = nn.Conv2d(
+            channels, channels, kernel_size=7, padding=3, groups=channels)
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        self.pointwise_conv1 = nn.Linear(channels, 4 * channels)
+        self.act = nn.GELU()
+        self.pointwise_conv2 = nn.Linear(4 * channels, channels)
+        self.gamma = nn.Parameter(
+            torch.full((channels, ), float(layer_scale_init_value))
+        ) if layer_scale_init_value > 0 else None
+        self.drop_path = DropPath(
+            drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.depthwise_conv(x).permute(0, 2, 3, 1)
+        branch = self.pointwise_conv2(
+            self.act(self.pointwise_conv1(self.norm(branch))))
+        if self.gamma is not None:
+            branch = branch * self.gamma
+        return x + self.drop_path(branch.permute(0, 3, 1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self.grad_checkpointing and x.requires_grad:
+                return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+class LayerScale(nn.Module):
+    """Learned per-channel scale of a residual branch, on channels-last
+    tokens.
+
+    The parameter is named ``weight`` as in mmpretrain's LayerScale, which
+    our checkpoints were first written with (timm's is ``gamma``).
+
+    Args:
+        dims (int): Channels.
+        init_value (float): Initial scale; small values start each block
+            close to the identity.
+    """
+
+    def __init__(self, dims: int, init_value: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((dims, ), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
+def relative_position_index(window_size: int) -> torch.Tensor:
+    """Index into a LeViT-style bias table over (|dy|, |dx|) offsets.
+
+    Args:
+        window_size (int): Side of the square window.
+
+    Returns:
+        torch.Tensor: ``(N, N)`` long tensor with ``N = window_size ** 2``;
+        entry ``(i, j)`` is ``|dy| * window_size + |dx|`` for tokens i, j.
+    """
+    coords = torch.arange(window_size)
+    ys, xs = torch.meshgrid(coords, coords, indexing='ij')
+    ys, xs = ys.flatten(), xs.flatten()
+    dy = (ys[:, None] - ys[None, :]).abs()
+    dx = (xs[:, None] - xs[None, :]).abs()
+    return dy * window_size + dx
+
+
+def resize_token_grids(values: torch.Tensor, blocks: int,
+                       side: int) -> torch.Tensor:
+    """Resize per-token values laid out as ``blocks`` square grids.
+
+    The last dimension holds ``blocks`` grids of ``old * old`` entries (a
+    bias table over (|dy|, |dx|) is one grid; the depth biases and LSFs of
+    a block are one grid per earlier block); each grid is resized to
+    ``side * side`` bicubically.
+
+    Args:
+        values (torch.Tensor): ``(..., blocks * old * old)``.
+        blocks (int): Number of grids.
+        side (int): New grid side.
+    """
+    lead = values.shape[:-1]
+    old = math.isqrt(values.shape[-1] // blocks)
+    grid = values.reshape(-1, blocks, old, old).float()
+    grid = F.interpolate(
+        grid, size=(side, side), mode='bicubic', align_corners=False)
+    return grid.reshape(*lead, blocks * side * side).to(values.dtype)
+
+
+class ForwardCrossAttention(nn.Module):
+    """Multi-head attention of the regular tokens over themselves and over
+    the cross tokens of earlier blocks.
+
+    Queries come from the ``N`` regular tokens of a window; keys and values
+    from those tokens plus the cross tokens, which are first multiplied by
+    learnable scale factors (LSFs) and layer-normalised. Regular keys get a
+    relative position bias, cross keys a learned depth bias (one value per
+    cross token and head). Both biases enter
+    :func:`torch.nn.functional.scaled_dot_product_attention` as an additive
+    mask.
+
+    Args:
+        embed_dims (int): Token channels.
+        num_heads (int): Attention heads.
+        window_size (int): Side of the square attention window.
+        num_cross_tokens (int): Cross tokens this block attends to (0 for the
+            first block of a stage).
+        num_prefix_tokens (int): Tokens before the window's grid tokens
+            (the plain model's class token). They have no grid position, so
+            they get no relative position bias (zero), while they do see the
+            cross tokens' depth bias like every query. Defaults to 0.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 window_size: int,
+                 num_cross_tokens: int,
+                 num_prefix_tokens: int = 0):
+        super().__init__()
+        self.num_prefix_tokens = num_prefix_tokens
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.head_dims = embed_dims // num_heads
+        self.window_size = window_size
+        self.num_cross_tokens = num_cross_tokens
+        # Set by :meth:`precompute_bias` (deploy mode); a non-persistent
+        # buffer so that it follows ``.to()``, ``.half()`` and the like.
+        self.register_buffer('deploy_bias', None, persistent=False)
+
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.position_bias = nn.Parameter(
+            torch.zeros(num_heads, window_size * window_size))
+        self.register_buffer(
+            'position_bias_index',
+            relative_position_index(window_size),
+            persistent=False)
+        if num_cross_tokens > 0:
+            self.cross_scale = nn.Parameter(torch.ones(1, num_cross_tokens, 1))
+            self.cross_norm = nn.LayerNorm(embed_dims)
+            self.depth_bias = nn.Parameter(
+                torch.zeros(1, num_heads, 1, num_cross_tokens))
+        else:
+            # None attributes let TorchScript drop the cross-token code.
+            self.cross_scale = None
+            self.cross_norm = None
+            self.depth_bias = None
+
+    def fit_tables(self, state_dict: dict, prefix: str) -> None:
+        """Resize this module's bias tables and LSFs in ``state_dict`` (keys
+        under ``prefix``) to this module's window, where they differ
+        (bicubic). :class:`~mmfca.models.FcaFormer` calls it while loading
+        weights when built with ``resize_bias_tables=True``."""
+        key = prefix + 'position_bias'
+        if key in state_dict and state_dict[key].shape != \
+                self.position_bias.shape:
+            state_dict[key] = resize_token_grids(state_dict[key], 1,
+                                                 self.window_size)
+        if self.depth_bias is None:
+            return
+        side = math.ceil(self.window_size / 4)
+        blocks = self.num_cross_tokens // (side * side)
+        key = prefix + 'depth_bias'
+        if key in state_dict and state_dict[key].shape != \
+                self.depth_bias.shape:
+            state_dict[key] = resize_token_grids(state_dict[key], blocks, side)
+        key = prefix + 'cross_scale'
+        if key in state_dict and state_dict[key].shape != \
+                self.cross_scale.shape:
+            state_dict[key] = resize_token_grids(
+                state_dict[key].transpose(1, 2), blocks, side).transpose(1, 2)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.deploy_bias is not None:
+            # Deploy mode: the precomputed mask follows the loaded tables.
+            self.precompute_bias()
+
+    @torch.no_grad()
+    def precompute_bias(self) -> None:
+        """Store the attention mask for inference (deploy mode)."""
+        self.deploy_bias = None
+        self.deploy_bias = self.attention_bias().detach().clone()
+
+    def attention_bias(self) -> torch.Tensor:
+        """The additive attention mask, ``(1, heads, N, N + cross)``; the
+        precomputed one after :meth:`precompute_bias`."""
+        if self.deploy_bias is not None:
+            return self.deploy_bias
+        bias = self.position_bias[:, self.position_bias_index].unsqueeze(0)
+        if self.num_prefix_tokens > 0:
+            prefix = self.num_prefix_tokens
+            bias = F.pad(bias, [prefix, 0, prefix, 0])
+        if self.depth_bias is None:
+            return bias
+        depth = self.depth_bias.expand(-1, -1, bias.shape[-1], -1)
+        return torch.cat((bias, depth), dim=-1)
+
+    def _split_heads(self, x: torch.Tensor, parts: int) -> torch.Tensor:
+        batch, length, _ = x.shape
+        x = x.reshape(batch, length, parts, self.num_heads, self.head_dims)
+        return x.permute(2, 0, 3, 1, 4)
+
+    def forward(self,
+                x: torch.Tensor,
+                cross: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        Args:
+            x (torch.Tensor): Normalised window tokens, ``(B, N, C)``.
+            cross (torch.Tensor, optional): Cross tokens of the earlier
+                blocks, ``(B, num_cross_tokens, C)``, not yet scaled or
+                normalised.
+        """
+        batch, length, channels = x.shape
+        q, k, v = self._split_heads(self.qkv(x), 3).unbind(0)
+        if self.cross_norm is not None and cross is not None:
+            cross = self.cross_norm(cross * self.cross_scale)
+            # Only keys and values are needed for the cross tokens.
+            kv_weight = self.qkv.weight[channels:]
+            kv_bias = self.qkv.bias[channels:]
+            cross_k, cross_v = self._split_heads(
+                F.linear(cross, kv_weight, kv_bias), 2).unbind(0)
+            k = torch.cat((k, cross_k), dim=2)
+            v = torch.cat((v, cross_v), dim=2)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=self.attention_bias().to(q.dtype))
+        x = x.transpose(1, 2).reshape(batch, length, channels)
+        return self.proj(x)
+
+
+class FeedForward(nn.Module):
+    """LayerNorm, Linear, GELU, Linear.
+
+    The official block applies its own ``norm2`` right before this module,
+    so the FFN path has two LayerNorms in a row; both are kept for weight
+    compatibility.
+
+    Args:
+        embed_dims (int): Token channels.
+        hidden_dims (int): Hidden channels.
+    """
+
+    def __init__(self, embed_dims: int, hidden_dims: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(embed_dims)
+        self.fc1 = nn.Linear(embed_dims, hidden_dims)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dims, embed_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class FcaBlock(nn.Module):
+    """FcaFormer block working on the tokens of one window.
+
+    attention (with cross tokens) -> token merging and enhancement (TME: a
+    7x7 stride-4 depthwise conv makes this block's cross tokens, a 3x3
+    depthwise conv-BN replaces the tokens) -> FFN. Residual branches carry
+    layer scale and drop path.
+
+    Args:
+        embed_dims (int): Token channels.
+        num_heads (int): Attention heads.
+        window_size (int): Side of the square window.
+        num_cross_tokens (int): Cross tokens attended to.
+        makes_cross_tokens (bool): Whether this block makes cross tokens for
+            the later blocks (all but the last block of a stage do).
+        mlp_ratio (float): FFN hidden / embed channels. Defaults to 4.
+        drop_path_rate (float): Stochastic depth rate. Defaults to 0.
+        layer_scale_init_value (float): Layer scale init. Defaults to 1e-6.
+        norm_layer (callable): Builds the BatchNorm after the 3x3 depthwise
+            conv. Defaults to ``nn.BatchNorm2d``.
+        num_prefix_tokens (int): Tokens before the grid tokens (the plain
+            model's class token): they take part in attention and the FFN
+            but not in the TME convolutions, which need a grid, so they
+            make no cross tokens and pass the TME unchanged. Defaults to 0.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 window_size: int,
+                 num_cross_tokens: int,
+                 makes_cross_tokens: bool,
+                 mlp_ratio: float = 4.,
+                 drop_path_rate: float = 0.,
+                 layer_scale_init_value: float = 1e-6,
+                 norm_layer: NormLayer = nn.BatchNorm2d,
+                 num_prefix_tokens: int = 0):
+        super().__init__()
+        #: Recompute the block in the backward pass instead of storing its
+        #: activations (less memory while training).
+        self.grad_checkpointing = False
+        self.window_size = window_size
+        self.num_prefix_tokens = num_prefix_tokens
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.attn = ForwardCrossAttention(embed_dims, num_heads, window_size,
+                                          num_cross_tokens, num_prefix_tokens)
+        self.ls1 = LayerScale(embed_dims, layer_scale_init_value)
+        self.cross_token_conv = nn.Conv2d(
+            embed_dims,
+            embed_dims,
+            kernel_size=7,
+            stride=4,
+            padding=3,
+            groups=embed_dims,
+            bias=False) if makes_cross_tokens else None
+        self.local_conv = ConvBN(
+            embed_dims,
+            embed_dims,
+            3,
+            groups=embed_dims,
+            norm_layer=norm_layer)
+        self.norm2 = nn.LayerNorm(embed_dims)
+        self.ffn = FeedForward(embed_dims, int(embed_dims * mlp_ratio))
+        self.ls2 = LayerScale(embed_dims, layer_scale_init_value)
+        self.drop_path = DropPath(
+            drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def _forward(
+        self, x: torch.Tensor, cross: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), cross)))
+        x, new_cross = self.merge_and_enhance(x)
+        x = x + self.drop_path(self.ls2(self.ffn(self.norm2(x))))
+        return x, new_cross
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cross: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """
+        Args:
+            x (torch.Tensor): Window tokens ``(B, prefix + ws * ws, C)``.
+            cross (torch.Tensor, optional): Cross tokens of earlier blocks.
+
+        Returns:
+            tuple: The new tokens and this block's cross tokens
+            ``(B, ceil(ws / 4) ** 2, C)`` (None for the last block).
+        """
+        if not torch.jit.is_scripting():
+            if self.grad_checkpointing and x.requires_grad:
+                return checkpoint(self._forward, x, cross, use_reentrant=False)
+        return self._forward(x, cross)
+
+    def merge_and_enhance(self, x: torch.Tensor
+                          ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Token merging and enhancement (TME) of window tokens
+        ``(B, prefix + ws * ws, C)``: the enhanced tokens and this block's
+        cross tokens (None for the last block); prefix tokens pass
+        unchanged."""
+        prefix = x[:, :self.num_prefix_tokens]
+        x = x[:, self.num_prefix_tokens:]
+        batch, _, channels = x.shape
+        fmap = x.transpose(1, 2).reshape(batch, channels, self.window_size,
+                                         self.window_size)
+        new_cross: Optional[torch.Tensor] = None
+        if self.cross_token_conv is not None:
+            new_cross = self.cross_token_conv(fmap).flatten(2).transpose(1, 2)
+        x = self.local_conv(fmap).flatten(2).transpose(1, 2)
+        if self.num_prefix_tokens > 0:
+            x = torch.cat((prefix, x), dim=1)
+        return x, new_cross
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """``(B, C, H, W)`` with H, W multiples of the window ->
+    ``(B * windows, ws * ws, C)``."""
+    batch, channels, height, width = x.shape
+    x = x.view(batch, channels, height // window_size, window_size,
+               width // window_size, window_size)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(-1, window_size * window_size,
+                                               channels)
+
+
+def window_reverse(x: torch.Tensor, window_size: int, height: int,
+                   width: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`."""
+    channels = x.shape[-1]
+    rows, cols = height // window_size, width // window_size
+    x = x.view(-1, rows, cols, window_size, window_size, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(-1, channels, height, width)
+
+
+class FcaStage(nn.Module):
+    """A stage of FcaBlocks with windowed attention and cross tokens.
+
+    The feature map is padded to whole windows before every block: even
+    blocks (0, 2, ...) pad at the top-left, odd blocks at the bottom-right,
+    so windows of consecutive blocks are offset against each other. Padded
+    tokens are zeros and are not masked. The cross tokens of a window are
+    handed to the window with the same index in the later blocks, whatever
+    its alignment, as in the official implementation.
+
+    Args:
+        embed_dims (int): Channels.
+        depth (int): Number of blocks.
+        num_heads (int): Attention heads.
+        window_size (int): Side of the square window.
+        drop_path_rates (Sequence[float]): Per-block stochastic depth.
+        mlp_ratio (float): FFN expansion. Defaults to 4.
+        layer_scale_init_value (float): Layer scale init. Defaults to 1e-6.
+        norm_layer (callable): Builds the BatchNorm layers.
+        num_prefix_tokens (int): Tokens before each window's grid tokens
+            (the plain model's class token, see :class:`FcaBlock`). A stage
+            with prefix tokens runs on tokens of one window
+            (:meth:`run_blocks`), not on feature maps. Defaults to 0.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 depth: int,
+                 num_heads: int,
+                 window_size: int,
+                 drop_path_rates: Sequence[float],
+                 mlp_ratio: float = 4.,
+                 layer_scale_init_value: float = 1e-6,
+                 norm_layer: NormLayer = nn.BatchNorm2d,
+                 num_prefix_tokens: int = 0):
+        super().__init__()
+        self.window_size = window_size
+        cross_per_block = math.ceil(window_size / 4)**2
+        self.blocks = nn.ModuleList([
+            FcaBlock(
+                embed_dims,
+                num_heads,
+                window_size,
+                num_cross_tokens=i * cross_per_block,
+                makes_cross_tokens=i < depth - 1,
+                mlp_ratio=mlp_ratio,
+                drop_path_rate=drop_path_rates[i],
+                layer_scale_init_value=layer_scale_init_value,
+                norm_layer=norm_layer,
+                num_prefix_tokens=num_prefix_tokens) for i in range(depth)
+        ])
+
+    def run_blocks(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run every block on the same windows.
+
+        Args:
+            tokens (torch.Tensor): ``(B * windows, prefix + ws * ws, C)``.
+        """
+        cross_tokens: List[torch.Tensor] = []
+        for block in self.blocks:
+            cross = torch.cat(cross_tokens, 1) if cross_tokens else None
+            tokens, new_cross = block(tokens, cross)
+            if new_cross is not None:
+                cross_tokens.append(new_cross)
+        return tokens
+
+    def _whole_windows(self, pad_h: int, pad_w: int) -> bool:
+        """Whether the map is whole windows and may stay partitioned through
+        the stage. Recording a forward (export, FX) takes the general path,
+        which gives the same values and keeps the padding as arithmetic on
+        the input size, so the recorded graph serves any size."""
+        if not torch.jit.is_scripting():
+            if symbolic_shapes():
+                return False
+        return pad_h == 0 and pad_w == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        ws = self.window_size
+        pad_h = (ws - height % ws) % ws
+        pad_w = (ws - width % ws) % ws
+        if self._whole_windows(pad_h, pad_w):
+            tokens = self.run_blocks(window_partition(x, ws))
+            return window_reverse(tokens, ws, height, width)
+        padded_h, padded_w = height + pad_h, width + pad_w
+        cross_tokens: List[torch.Tensor] = []
+        for i, block in enumerate(self.blocks):
+            top_left = i % 2 == 0
+            pad = [pad_w, 0, pad_h, 0] if top_left else [0, pad_w, 0, pad_h]
+            tokens = window_partition(F.pad(x, pad), ws)
+            cross = torch.cat(cross_tokens, 1) if cross_tokens else None
+            tokens, new_cross = block(tokens, cross)
+            if new_cross is not None:
+                cross_tokens.append(new_cross)
+            x = window_reverse(tokens, ws, padded_h, padded_w)
+            if top_left:
+                x = x[:, :, pad_h:, pad_w:]
+            else:
+                x = x[:, :, :height, :width]
+        return x
+
+
+class OutputProjection(nn.Module):
+    """1x1 conv (no bias) + channels-first LayerNorm that widens a stage
+    output, as in the official segmentation and detection backbones.
+
+    Args:
+        in_channels (int): Stage channels.
+        out_channels (int): Output channels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.norm = LayerNorm2d(out_channels, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+def build_fcaformer_layers(arch_settings: dict,
+                           in_channels: int = 3,
+                           window_size: Sequence[int] = (14, 7),
+                           drop_path_rate: float = 0.,
+                           layer_scale_init_value: float = 1e-6,
+                           mlp_ratio: float = 4.,
+                           norm_layer: NormLayer = nn.BatchNorm2d
+                           ) -> Tuple[nn.ModuleList, nn.ModuleList]:
+    """The stem, downsampling layers and stages of an arch: what both front
+    ends hold as ``downsample_layers`` and ``stages``.
+
+    Args:
+        arch_settings (dict): From :func:`parse_arch`.
+        in_channels (int): Input image channels.
+        window_size (Sequence[int]): From :func:`parse_window_size`.
+        drop_path_rate (float): Stochastic depth at the last block, rising
+            linearly from 0 over all blocks.
+        layer_scale_init_value (float): Layer scale init.
+        mlp_ratio (float): FFN expansion of the FcaBlocks.
+        norm_layer (callable): Builds the BatchNorm layers of the stem,
+            downsampling and TME.
+
+    Returns:
+        tuple: ``downsample_layers`` (the stem, or a plain model's patch
+        embedding, first) and ``stages``.
+    """
+    channels = arch_settings['channels']
+    depths = arch_settings['depths']
+    conv_stages = num_conv_stages(arch_settings)
+    patch_size = arch_settings.get('patch_size')
+    # On the CPU explicitly: a model built under a meta device context
+    # cannot read values back.
+    rates = torch.linspace(
+        0, drop_path_rate, sum(depths), device='cpu').tolist()
+
+    if patch_size:
+        stem = nn.Conv2d(
+            in_channels, channels[0], patch_size, stride=patch_size)
+    else:
+        stem = ConvStem(in_channels, channels[0], norm_layer)
+    downsample_layers = nn.ModuleList([stem])
+    for i in range(1, len(depths)):
+        downsample_layers.append(
+            Downsample(channels[i - 1], channels[i], norm_layer))
+
+    stages = nn.ModuleList()
+    first = 0
+    for i, depth in enumerate(depths):
+        stage_rates = rates[first:first + depth]
+        first += depth
+        if i < conv_stages:
+            stages.append(
+                nn.Sequential(*[
+                    ConvNeXtBlock(
+                        channels[i],
+                        drop_path_rate=rate,
+                        layer_scale_init_value=layer_scale_init_value)
+                    for rate in stage_rates
+                ]))
+        else:
+            stages.append(
+                FcaStage(
+                    channels[i],
+                    depth,
+                    arch_settings['num_heads'][i],
+                    window_size[i - conv_stages],
+                    stage_rates,
+                    mlp_ratio=mlp_ratio,
+                    layer_scale_init_value=layer_scale_init_value,
+                    norm_layer=norm_layer,
+                    num_prefix_tokens=1 if patch_size else 0))
+    return downsample_layers, stages
+
+
+def set_grad_checkpointing(stages: nn.ModuleList, enable: bool) -> None:
+    """Recompute every block of ``stages`` in the backward pass (or stop)."""
+    for module in stages.modules():
+        if isinstance(module, (ConvNeXtBlock, FcaBlock)):
+            module.grad_checkpointing = enable
+
+
+def add_class_token(patches: torch.Tensor, cls_token: torch.Tensor,
+                    pos_embed: torch.Tensor) -> torch.Tensor:
+    """A plain model's input tokens: the class token before the patch
+    tokens, plus the position embedding (as DeiT).
+
+    Args:
+        patches (torch.Tensor): Patch embeddings ``(B, C, H, W)``.
+        cls_token (torch.Tensor): ``(1, 1, C)``.
+        pos_embed (torch.Tensor): ``(1, 1 + H * W, C)``.
+    """
+    tokens = patches.flatten(2).transpose(1, 2)
+    cls_tokens = cls_token.expand(tokens.shape[0], -1, -1)
+    return torch.cat((cls_tokens, tokens), dim=1) + pos_embed
+
+
+@torch.no_grad()
+def fold_for_inference(model: nn.Module) -> nn.Module:
+    """Deploy mode, as LeViT and RepVGG have it: every conv-BN pair of
+    ``model`` becomes one convolution and every attention precomputes its
+    bias mask. Outputs equal eval-mode outputs up to float rounding.
+
+    Returns:
+        nn.Module: ``model``, in eval mode.
+    """
+    model.eval()
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, ConvBN):
+                setattr(module, name, child.fuse())
+        if isinstance(module, ForwardCrossAttention):
+            module.precompute_bias()
+    return model
