@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from mmfca.models import FcaFormer
-from mmfca.models.backbones.fcaformer import FcaBlock, FcaStage
+from mmfca.models.layers import FcaBlock, FcaStage
 
 PARTS = ('stem', 'ConvNeXt stages', 'downsample', 'attention', 'TME', 'FFN',
          'stage glue', 'output norms')
