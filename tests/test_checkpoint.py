@@ -1,10 +1,13 @@
 """Loading FcaFormer weights in each layout, and refusing bad files."""
 import argparse
+import copy
 import functools
+import glob
 import http.server
 import importlib.util
 import logging
 import os
+import os.path as osp
 import pickle
 import re
 import shutil
@@ -16,15 +19,20 @@ import numpy as np
 import pytest
 import torch
 from conftest import L2_DENSE_WIDTHS
+from mmengine.evaluator import BaseMetric
+from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.runner import load_checkpoint
+from mmengine.testing.runner_test_case import ToyDataset, ToyModel
 from reference import reference_forward
 
 from mmfca.apis import build_model, load_config
 from mmfca.engine.runner import ReliableRunner
+from mmfca.engine.runner.reliable_runner import is_intact_checkpoint
 from mmfca.models import FcaFormer
 from mmfca.models.utils.checkpoint import convert_official_keys
-from mmfca.utils.serialization import checkpoint_globals, load_checkpoint_file
+from mmfca.utils.serialization import (checkpoint_globals, from_weights_only,
+                                       load_checkpoint_file, safe_globals)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -639,3 +647,186 @@ def test_loading_survives_another_librarys_safe_globals_context(official_cls):
             type='Pretrained', checkpoint=official_cls['l1']['path']))
     model.init_weights()
     assert model.load_report['loaded']
+
+
+# Checkpoints the runner writes: plain weights_only files, exact round trip,
+# and save_best written atomically. A real ReliableRunner on mmengine's toy
+# model and data, in-process.
+
+
+class RisingScore(BaseMetric):
+    """A validation score that improves at every evaluation, so that each
+    validation writes a new best checkpoint."""
+
+    default_prefix = 'toy'
+
+    def __init__(self):
+        super().__init__()
+        self.evaluations = 0
+
+    def process(self, data_batch, data_samples):
+        self.results.append(0)
+
+    def compute_metrics(self, results):
+        self.evaluations += 1
+        return dict(score=float(self.evaluations))
+
+
+class CapturesCheckpoints(Hook):
+    """Copies every checkpoint as the hooks leave it, before the runner
+    stores it for ``weights_only``."""
+
+    priority = 'LOWEST'
+
+    def __init__(self):
+        self.saved = []
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        self.saved.append(copy.deepcopy(checkpoint))
+
+
+def toy_runner(work_dir, max_iters, name, hooks=(), **kwargs):
+    """mmengine's toy model and data under ReliableRunner, with the hooks of
+    configs/_base_/mmfca_runtime.py that write checkpoints: a checkpoint and
+    a validation every 2 iterations, the best kept; ``hooks`` are added."""
+    loader = dict(batch_size=3, num_workers=0)
+    return ReliableRunner(
+        model=ToyModel(),
+        work_dir=work_dir,
+        experiment_name=name,
+        train_dataloader=dict(
+            loader,
+            dataset=ToyDataset(),
+            sampler=dict(type='InfiniteSampler', shuffle=True)),
+        val_dataloader=dict(
+            loader,
+            dataset=ToyDataset(),
+            sampler=dict(type='DefaultSampler', shuffle=False)),
+        val_evaluator=[RisingScore()],
+        val_cfg=dict(),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters, val_interval=2),
+        default_hooks=dict(
+            logger=dict(type='LoggerHook', interval=1),
+            checkpoint=dict(
+                type='SafeCheckpointHook',
+                interval=2,
+                by_epoch=False,
+                save_best='toy/score',
+                rule='greater')),
+        custom_hooks=[dict(type='RNGStateHook'), *hooks],
+        log_processor=dict(by_epoch=False),
+        randomness=dict(seed=0),
+        **kwargs)
+
+
+def plain_torch_load(path):
+    """``torch.load(weights_only=True)`` with none of mmfca's allow-list in
+    force, as the codebases' tools and inference APIs read a file."""
+    active = torch.serialization.get_safe_globals()
+    assert not [entry for entry in safe_globals() if entry in active]
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def assert_same(a, b, where='checkpoint'):
+    """Equal values of the same types, numpy dtypes and history buffers
+    included."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    assert type(a) is type(b), (where, type(a), type(b))
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, (np.ndarray, np.generic)):
+        assert a.dtype == b.dtype and np.array_equal(a, b), where
+    elif isinstance(a, HistoryBuffer):
+        assert a.max_length == b.max_length, where
+        assert_same(a._log_history, b._log_history, f'{where}.log')
+        assert_same(a._count_history, b._count_history, f'{where}.count')
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            assert_same(a[key], b[key], f'{where}.{key}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f'{where}[{i}]')
+    else:
+        assert a == b, where
+
+
+def test_runner_checkpoints_load_under_plain_weights_only(tmp_path):
+    """Every checkpoint the runner writes (periodic and best) loads with a
+    plain ``torch.load(weights_only=True)``; read back by the runner it is
+    what mmengine and the hooks put in, numpy values and the message hub's
+    history buffers included, and a resume from it ends where the
+    uninterrupted run ends."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    work_dir = str(tmp_path / 'run')
+    captured = CapturesCheckpoints()
+    toy_runner(work_dir, 6, 'plain', hooks=[captured]).train()
+    files = sorted(glob.glob(osp.join(work_dir, '*.pth')))
+    assert [osp.basename(path) for path in files] == [
+        'best_toy_score_iter_6.pth', 'iter_2.pth', 'iter_4.pth', 'iter_6.pth'
+    ]
+    for path in files:
+        plain_torch_load(path)
+    # The last write is iter_6.pth again, with the best checkpoint's name.
+    expected = captured.saved[-1]
+    assert expected['message_hub']['runtime_info']['best_ckpt'] == \
+        files[0]
+    assert isinstance(expected['message_hub']['log_scalars']['train/loss'],
+                      HistoryBuffer)
+    assert isinstance(expected['rng_states']['numpy'][1], np.ndarray)
+    assert isinstance(expected['message_hub']['runtime_info']['eta'],
+                      np.generic)
+    restored = from_weights_only(plain_torch_load(files[-1]))
+    assert_same(restored, expected)
+
+    resumed_dir = str(tmp_path / 'resumed')
+    resumed = toy_runner(
+        resumed_dir, 6, 'resumed', resume=True, load_from=files[2])
+    resumed.train()
+    final = from_weights_only(
+        plain_torch_load(osp.join(resumed_dir, 'iter_6.pth')))
+    for key in ('state_dict', 'optimizer', 'rng_states'):
+        assert_same(final[key], restored[key], key)
+    # The logged losses of all 6 iterations (times differ from run to run).
+    for key in ('train/loss', 'train/lr'):
+        assert_same(final['message_hub']['log_scalars'][key],
+                    restored['message_hub']['log_scalars'][key], key)
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def test_a_kill_while_saving_a_new_best_keeps_the_previous_best(
+        tmp_path, monkeypatch):
+    """The stock hook removes the previous best checkpoint and then writes
+    the new one in place: a kill during that write leaves a truncated file
+    under the new best's name and no intact best. SafeCheckpointHook writes
+    it to a temporary name and removes the previous best only afterwards."""
+    import mmengine.runner.runner as mmengine_runner
+    from mmengine.runner.checkpoint import save_checkpoint
+
+    writes = []
+
+    def killed_while_writing_the_second_best(checkpoint, filename, **kwargs):
+        # Best checkpoints are the ones saved without the optimizer.
+        if 'optimizer' not in checkpoint and writes.count('best') == 1:
+            save_checkpoint(checkpoint, filename, **kwargs)
+            with open(filename, 'r+b') as file:
+                file.truncate(os.path.getsize(filename) // 2)
+            raise Killed
+        writes.append('best' if 'optimizer' not in checkpoint else 'last')
+        save_checkpoint(checkpoint, filename, **kwargs)
+
+    monkeypatch.setattr(mmengine_runner, 'save_checkpoint',
+                        killed_while_writing_the_second_best)
+    work_dir = str(tmp_path / 'run')
+    with pytest.raises(Killed):
+        toy_runner(work_dir, 4, 'killed').train()
+    previous_best = osp.join(work_dir, 'best_toy_score_iter_2.pth')
+    assert glob.glob(osp.join(work_dir, 'best_*.pth')) == [previous_best]
+    assert is_intact_checkpoint(previous_best)
+    assert plain_torch_load(previous_best)['meta']['iter'] == 2
+    assert glob.glob(osp.join(work_dir, 'best_toy_score_iter_4.pth.tmp-*'))

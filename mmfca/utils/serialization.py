@@ -1,21 +1,31 @@
-"""Reading checkpoint files under torch's ``weights_only`` unpickler.
+"""Checkpoint files that torch's ``weights_only`` unpickler reads.
 
 Since torch 2.6, :func:`torch.load` unpickles only tensors, containers and
-an allow-list of types. mmengine 0.10.7 stores a few of its own objects and
-numpy values in every checkpoint (the message hub's history buffers, numpy
-scalars) and the official FcaFormer script an ``argparse.Namespace``.
-:func:`load_checkpoint_file` reads local files, URLs and mmengine storage
-backends with ``weights_only=True`` unless the caller trusts the file, and
-allows exactly those types, only while it reads (:func:`checkpoint_globals`);
-``getattr`` is replaced by a function that resolves only HistoryBuffer's
-statistics methods, so nothing executes code from a weights file. The rest of
-the process, ``torch.load`` included, is left as it is.
+an allow-list of types. mmengine 0.10.7's Runner stores a few of its own
+objects and numpy values in every checkpoint (the message hub's history
+buffers, numpy scalars, numpy's generator state) and the official FcaFormer
+script an ``argparse.Namespace``.
+
+- Writing: :func:`to_weights_only` stores those mmengine and numpy values
+  as tensors in small tagged dicts, which :func:`from_weights_only` turns
+  back into the same objects, bit for bit. mmfca's runner applies them to
+  every checkpoint it writes and reads, so its checkpoints load with a plain
+  ``torch.load(path, weights_only=True)`` (the codebases' own tools and
+  inference APIs included) and resume exactly.
+- Reading older files: :func:`load_checkpoint_file` reads local files, URLs
+  and mmengine storage backends with ``weights_only=True`` unless the
+  caller trusts the file, and allows the types above only while it reads
+  (:func:`checkpoint_globals`); ``getattr`` is replaced by a function that
+  resolves only HistoryBuffer's statistics methods, so nothing executes
+  code from a weights file. The rest of the process, ``torch.load``
+  included, is left as it is.
 
 mmengine's own readers (``CheckpointLoader``) are not used: its main branch
 passes ``weights_only=False`` to every ``torch.load``, which would load
 anything a file holds.
 """
 import argparse
+import copy
 import os.path as osp
 import pickle
 from contextlib import contextmanager
@@ -94,6 +104,107 @@ def checkpoint_globals() -> Iterator[None]:
     missing = [entry for entry in safe_globals() if entry not in before]
     with torch.serialization.safe_globals(missing):
         yield
+
+
+# The key that marks a dict of :func:`to_weights_only` as a stored object.
+TYPE_KEY = '__mmfca_type__'
+
+
+def _numpy_to_tensor(value: Union[np.ndarray, np.generic]) -> Any:
+    """A numpy array or scalar as a tensor of the same dtype and shape, or
+    ``value`` itself for dtypes torch has not (strings, objects)."""
+    try:
+        return torch.from_numpy(np.array(value))
+    except (TypeError, ValueError):
+        return value
+
+
+def _encode(value: Any) -> Any:
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if isinstance(value, (np.ndarray, np.generic)):
+        data = _numpy_to_tensor(value)
+        if data is value:
+            return value
+        kind = 'ndarray' if isinstance(value, np.ndarray) else 'scalar'
+        return {TYPE_KEY: f'numpy.{kind}', 'data': data}
+    if isinstance(value, HistoryBuffer):
+        # The buffer's fields (verified with mmengine 0.10.7); the
+        # statistics methods are HistoryBuffer's class-wide registry.
+        return {
+            TYPE_KEY: 'mmengine.HistoryBuffer',
+            'log_history': _encode(value._log_history),
+            'count_history': _encode(value._count_history),
+            'max_length': value.max_length
+        }
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if not isinstance(value, dict) or TYPE_KEY not in value:
+        return value
+    kind = value[TYPE_KEY]
+    if kind == 'numpy.ndarray':
+        return value['data'].numpy()
+    if kind == 'numpy.scalar':
+        return value['data'].numpy()[()]
+    if kind == 'mmengine.HistoryBuffer':
+        from mmengine.logging.history_buffer import HistoryBuffer
+        return HistoryBuffer(
+            _decode(value['log_history']), _decode(value['count_history']),
+            value['max_length'])
+    return value
+
+
+def _map_values(value: Any, function: Callable[[Any], Any]) -> Any:
+    """``function`` applied to every value in nested dicts, lists and
+    tuples, containers first. A container is copied only where a value in
+    it changes: the rest, a model's state dict with its ``_metadata``
+    included, is the caller's object."""
+    value = function(value)
+    if type(value) in (list, tuple):
+        items = [_map_values(item, function) for item in value]
+        if any(new is not old for new, old in zip(items, value)):
+            return type(value)(items)
+    elif isinstance(value, dict):
+        changed = {}
+        for key, item in value.items():
+            new = _map_values(item, function)
+            if new is not item:
+                changed[key] = new
+        if changed:
+            value = copy.copy(value)
+            value.update(changed)
+    return value
+
+
+def to_weights_only(checkpoint: Any) -> Any:
+    """``checkpoint`` with the values that torch's ``weights_only``
+    unpickler refuses stored as tensors.
+
+    numpy arrays and scalars, and mmengine's ``HistoryBuffer`` (the message
+    hub's logged scalars), become dicts marked with :data:`TYPE_KEY` that
+    hold tensors of the same dtypes. ``checkpoint`` is not modified.
+
+    Args:
+        checkpoint: A checkpoint, as mmengine's ``Runner.save_checkpoint``
+            builds it, or any nest of dicts, lists and tuples.
+
+    Returns:
+        The same structure, loadable with ``torch.load(weights_only=True)``
+        and no allow-list, which :func:`from_weights_only` turns back.
+    """
+    return _map_values(checkpoint, _encode)
+
+
+def from_weights_only(checkpoint: Any) -> Any:
+    """The inverse of :func:`to_weights_only`: the numpy values and history
+    buffers, exactly as they were saved. Values it did not store (an older
+    checkpoint's pickled objects) are returned as they are.
+
+    Args:
+        checkpoint: A checkpoint as read from a file.
+    """
+    return _map_values(checkpoint, _decode)
 
 
 def _read(filename: str, map_location: MapLocation, weights_only: bool,

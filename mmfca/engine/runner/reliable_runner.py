@@ -19,7 +19,8 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
 from ...datasets.checks import (check_dataloader_paths, check_not_empty,
                                 explain_build_error)
-from ...utils.serialization import MapLocation, load_checkpoint_file
+from ...utils.serialization import (MapLocation, from_weights_only,
+                                    load_checkpoint_file, to_weights_only)
 from ...utils.versions import check_verified
 from ..optimizers.amp_optim_wrapper import accelerator_available
 
@@ -91,10 +92,14 @@ class ReliableRunner(Runner):
       the hooks of ``configs/_base_/mmfca_runtime.py`` (atomic
       :class:`SafeCheckpointHook`, :class:`RNGStateHook`), a run killed at
       any moment and resumed ends as the uninterrupted run.
+    - Checkpoints it writes hold tensors, numbers, strings and containers
+      only (:func:`~mmfca.utils.serialization.to_weights_only`): they load
+      with a plain ``torch.load(path, weights_only=True)``, in the
+      codebases' own tools and inference APIs too, and resume exactly.
     - Checkpoints (``load_from``, ``resume``) are read with
-      ``weights_only=True`` and mmfca's allow-list, whatever mmengine
-      passes to ``torch.load``; a file holding other Python objects is
-      refused with a clear message unless the config sets
+      ``weights_only=True`` and mmfca's allow-list (for older files),
+      whatever mmengine passes to ``torch.load``; a file holding other
+      Python objects is refused with a clear message unless the config sets
       ``trust_checkpoint = True`` (``--trust-checkpoint``).
     - ``launcher='pytorch'`` on a machine without a GPU: the process group
       is created with the gloo backend (mmengine's launcher calls
@@ -143,6 +148,14 @@ class ReliableRunner(Runner):
                 val_dataloader=self._val_dataloader,
                 val_cfg=self._val_loop,
                 test_dataloader=self._test_dataloader), mode)
+
+    def call_hook(self, fn_name: str, **kwargs) -> None:
+        super().call_hook(fn_name, **kwargs)
+        if fn_name == 'before_save_checkpoint':
+            # Runner.save_checkpoint writes the dict right after these hooks
+            # (verified with mmengine 0.10.7): what they added is included.
+            checkpoint = kwargs['checkpoint']
+            checkpoint.update(to_weights_only(checkpoint))
 
     def setup_env(self, env_cfg: dict) -> None:
         # mmengine's init_dist calls torch.cuda.set_device, which fails
@@ -239,8 +252,10 @@ class ReliableRunner(Runner):
         The guard does not depend on what mmengine passes to
         :func:`torch.load` (its main branch passes ``weights_only=False``):
         the file is read with ``weights_only=True`` unless the config sets
-        ``trust_checkpoint``. The steps after reading are mmengine's 0.10.7
-        ones (the same on its main branch at 25434293).
+        ``trust_checkpoint``. The numpy values and history buffers that
+        :meth:`call_hook` stored as tensors are turned back first. The steps
+        after reading are mmengine's 0.10.7 ones (the same on its main
+        branch at 25434293).
 
         Args:
             filename (str): Local path, URL or mmengine storage URI.
@@ -274,6 +289,7 @@ class ReliableRunner(Runner):
                     f'--resume without a path to pick the latest intact '
                     f'one.') from err
             raise
+        checkpoint = from_weights_only(checkpoint)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(
             self.model) else self.model
