@@ -11,7 +11,6 @@ import mmcv
 from mmdet.apis import DetInferencer
 
 import mmfca  # noqa: F401  registers FcaFormer
-from mmfca.utils import checkpoint_globals
 
 
 def main():
@@ -30,11 +29,8 @@ def main():
         default=0.3,
         help='draw detections scoring at least this')
     args = parser.parse_args()
-    # mmengine 0.10.7 reads checkpoints with torch's weights_only
-    # default: mmfca's allow-list covers what its Runner stores.
-    with checkpoint_globals():
-        inferencer = DetInferencer(
-            model=args.config, weights=args.checkpoint, device=args.device)
+    inferencer = DetInferencer(
+        model=args.config, weights=args.checkpoint, device=args.device)
     result = inferencer(
         args.image, return_vis=True, pred_score_thr=args.score_thr)
     prediction = result['predictions'][0]

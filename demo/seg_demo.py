@@ -10,7 +10,6 @@ import mmcv
 from mmseg.apis import MMSegInferencer
 
 import mmfca  # noqa: F401  registers FcaFormer
-from mmfca.utils import checkpoint_globals
 
 
 def main():
@@ -29,11 +28,8 @@ def main():
         default=0.5,
         help='opacity of the drawn classes, 0 to 1')
     args = parser.parse_args()
-    # mmengine 0.10.7 reads checkpoints with torch's weights_only
-    # default: mmfca's allow-list covers what its Runner stores.
-    with checkpoint_globals():
-        inferencer = MMSegInferencer(
-            model=args.config, weights=args.checkpoint, device=args.device)
+    inferencer = MMSegInferencer(
+        model=args.config, weights=args.checkpoint, device=args.device)
     result = inferencer(args.image, return_vis=True, opacity=args.opacity)
     # One image in: the inferencer returns one RGB drawing, not a list.
     mmcv.imwrite(result['visualization'][..., ::-1], args.out_file)

@@ -15,7 +15,7 @@ from mmfca.apis import build_model, load_config
 from mmfca.engine.optimizers import cpu_computes_bfloat16
 from mmfca.models import FcaFormer
 from mmfca.testing import synthetic_data_overrides
-from mmfca.utils.serialization import checkpoint_globals, load_checkpoint_file
+from mmfca.utils.serialization import load_checkpoint_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 L1_CONFIG = os.path.join(REPO, 'configs/fcaformer_l1_in1k.py')
@@ -129,12 +129,11 @@ def test_inferencer_and_get_model(l1_run):
     init_default_scope('mmpretrain')
     image = os.path.join(l1_run['root'], 'val', 'class_0000',
                          'synthetic_val_00000.JPEG')
-    # mmengine 0.10.7 reads checkpoints with torch's weights_only default:
-    # mmfca's allow-list covers what its Runner stores.
-    with checkpoint_globals():
-        inferencer = ImageClassificationInferencer(
-            L1_CONFIG, pretrained=l1_run['checkpoint'], device='cpu')
-        model = get_model(L1_CONFIG, pretrained=l1_run['checkpoint'])
+    # mmengine 0.10.7 reads checkpoints with torch's weights_only default,
+    # and no allow-list: the runner's checkpoints hold weights only.
+    inferencer = ImageClassificationInferencer(
+        L1_CONFIG, pretrained=l1_run['checkpoint'], device='cpu')
+    model = get_model(L1_CONFIG, pretrained=l1_run['checkpoint'])
     result = inferencer(image)[0]
     assert 0 <= result['pred_label'] < 1000
     assert result['pred_scores'].shape == (1000, )

@@ -17,7 +17,6 @@ from mmfca.engine.optimizers import cpu_computes_bfloat16
 from mmfca.models.utils.checkpoint import convert_official_key
 from mmfca.testing import synthetic_data_overrides
 from mmfca.utils.complexity import complexity
-from mmfca.utils.serialization import checkpoint_globals
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
@@ -114,8 +113,7 @@ def test_inferencer_and_demo(seg_run, tmp_path):
     assert mmcv.imread(out).shape == mmcv.imread(image).shape
 
     from mmseg.apis import inference_model, init_model
-    with checkpoint_globals():
-        model = init_model(SEG_CONFIG, seg_run['checkpoint'], device='cpu')
+    model = init_model(SEG_CONFIG, seg_run['checkpoint'], device='cpu')
     prediction = inference_model(model, image)
     assert prediction.pred_sem_seg.data.shape[-2:] == mmcv.imread(
         image).shape[:2]
