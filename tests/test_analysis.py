@@ -1,8 +1,12 @@
-"""The tensor adapter of the analysis and export tools, and the block
-profiler's clock."""
+"""The tensor adapter of the analysis and export tools, the block
+profiler's clock, the benchmark's paired ratios, training and runtime
+modes, and the codebases' complexity counter."""
+import json
 import os
 import sys
+import weakref
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +15,16 @@ from mmfca.models import FcaFormer
 from mmfca.utils import TensorForward
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def benchmark():
+    sys.path.insert(0, os.path.join(REPO, 'tools', 'analysis'))
+    try:
+        import benchmark
+    finally:
+        sys.path.pop(0)
+    return benchmark
 
 
 def test_tensor_forward_runs_a_segmentor_with_and_without_inference():
@@ -103,3 +117,111 @@ def test_the_codebases_counter_counts_attention():
     )['model.backbone.stages.2.blocks.3.attn']
     assert block['scaled_dot_product_attention'] == \
         10 * 196 * (196 + 48) * 32 * 2
+
+
+def test_benchmark_ratios_are_paired_and_printed_with_their_spread(
+        benchmark, capsys):
+    """The ratio is the median of per-round ratios, not a ratio of
+    medians: here 1.0, where the medians give 30 / 20 = 1.5."""
+    times = {'A': [10., 40., 30., 20.], 'B': [10., 20., 30., 20.]}
+    summary = benchmark.summarize(times, ('B', ))
+    ratio = summary['A']['ratios']['B']
+    # Per-round ratios 1, 2, 1, 1: quartiles (inclusive) 1, 1, 1.25.
+    assert (ratio['median'], ratio['q1'], ratio['q3']) == (1., 1., 1.25)
+    assert (ratio['min'], ratio['max']) == (1., 2.)
+    assert summary['B']['ratios'] == {}
+    benchmark.report('title', summary)
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if line.strip().startswith('A '))
+    assert '1.000x B [1.000-1.250] (1.00-2.00)' in line
+
+
+def test_benchmark_best_runtime_of_each_model(benchmark, capsys):
+    times = {
+        'FcaFormer-L2 eager': [10., 12., 11.],
+        'FcaFormer-L2 onnxruntime': [8., 9., 10.],
+        'ConvNeXt-T eager': [10., 10., 10.],
+        'ConvNeXt-T compile': [9., 12., 12.],
+    }
+    best = benchmark.best_of_each(times, ['FcaFormer-L2', 'ConvNeXt-T'])
+    assert best['FcaFormer-L2'] == dict(runtime='onnxruntime', ms=9.)
+    assert best['ConvNeXt-T'] == dict(runtime='eager', ms=10.)
+    # Rounds paired: 8/10, 9/10, 10/10.
+    assert best['ratio']['median'] == pytest.approx(0.9)
+    assert 'FcaFormer-L2 onnxruntime 9.0 ms, ConvNeXt-T eager 10.0 ms: ' \
+        '0.900x [0.850-0.950] (0.80-1.00)' in capsys.readouterr().out
+
+
+def test_benchmark_onnxruntime_runs_the_exported_model(benchmark, tmp_path):
+    args = benchmark.parse_args(
+        ['--device', 'cpu', '--runtime', 'eager', 'onnxruntime'])
+    images = torch.randn(1, 3, 64, 64)
+    calls = benchmark.runtime_calls(benchmark.CLASSIFIERS['FcaFormer-L1'],
+                                    False, images, args, str(tmp_path), 'l1')
+    assert os.path.isfile(tmp_path / 'l1.onnx')
+    with torch.no_grad():
+        expected = calls['eager']()
+    outputs = calls['onnxruntime']()
+    np.testing.assert_allclose(outputs[0], expected.numpy(), rtol=0, atol=1e-4)
+
+
+def test_benchmark_refuses_bad_arguments(benchmark, capsys):
+    for argv, message in [
+        (['--train', '--train-batch', '1'], 'two values per channel'),
+        (['--with-cp'], '--with-cp applies to --train only'),
+        (['--train', '--runtime', 'eager'], 'exclude each other'),
+        (['--runtime', 'eager', '--mode', 'eval'], 'deployed models'),
+        (['--train', '--train-crop', '100'], 'multiple of 32'),
+    ]:
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(['--device', 'cpu'] + argv)
+        assert message in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match='is_available.* is False'):
+            benchmark.parse_args(['--device', 'cuda'])
+
+
+def test_benchmark_train_mode_times_and_attributes_by_stage(
+        benchmark, tmp_path):
+    """A tiny --train run: paired iteration times, and per-stage times and
+    saved activations that account for every saved tensor once."""
+    out = tmp_path / 'train.json'
+    benchmark.main([
+        '--device', 'cpu', '--threads', '1', '--train', '--train-crop', '64',
+        '--repeat', '1', '--train-parts', 'time', 'stages', '--out',
+        str(out)
+    ])
+    result = json.loads(out.read_text())['training']
+    fca, convnext = benchmark.SEGMENTORS
+    assert result['time'][fca]['runs'] == 1
+    assert convnext in result['time'][fca]['ratios']
+    parts = ['stage 1', 'stage 2', 'stage 3', 'stage 4', 'outside']
+    for name in (fca, convnext):
+        stages = result['stages'][name]
+        assert list(stages) == parts
+        for part in parts[:4]:
+            assert stages[part]['forward_ms'] > 0
+            assert stages[part]['backward_ms'] > 0
+            assert stages[part]['saved_mb'] > 0
+
+    # Saved bytes, counted without attribution: the parts add up to them.
+    step = benchmark.TrainStep(
+        benchmark.train_segmentor(benchmark.SEGMENTORS[fca], False, 'cpu'), 2,
+        64, 'cpu')
+    tensors = []
+    step.inputs.requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: tensors.append(weakref.ref(t)) or t, lambda t: t):
+        loss = step.forward()
+    params = {p.untyped_storage().data_ptr() for p in step.model.parameters()}
+    storages = {
+        t().untyped_storage().data_ptr(): t().untyped_storage().nbytes()
+        for t in tensors if t() is not None
+    }
+    total = sum(v for k, v in storages.items() if k not in params) / 2**20
+    del loss
+    step.inputs.requires_grad_(False)
+    profile = benchmark.StageProfile(step.model, 'cpu').run(step)
+    assert sum(p['saved_mb'] for p in profile.values()) == \
+        pytest.approx(total)
+    assert 0 < profile['stage 3']['saved_mb'] < total

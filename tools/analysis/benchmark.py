@@ -65,14 +65,20 @@ import multiprocessing as mp
 import os
 import os.path as osp
 import resource
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+import weakref
+from collections import defaultdict
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
+import torch.nn as nn
 
 from mmfca.apis import build_model, load_config
+from mmfca.deployment.onnx import export_onnx, prepared
 from mmfca.utils import TensorForward, complexity
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -124,8 +130,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         '--repeat',
         type=int,
-        default=20,
-        help='timed rounds of the batch-1 latency')
+        help='timed rounds of the batch-1 latency (default 20), of '
+        '--runtime (default 20) and of --train (default 3)')
     parser.add_argument(
         '--quick',
         action='store_true',
@@ -166,14 +172,69 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--dense-only',
         action='store_true',
         help='only the backbone latencies')
+    parser.add_argument(
+        '--train',
+        action='store_true',
+        help='training cost instead: an iteration of UperNet with '
+        'FcaFormer-L2 against UperNet with ConvNeXt-T (mmseg\'s config)')
+    parser.add_argument(
+        '--with-cp',
+        action='store_true',
+        help='--train with activation checkpointing in both backbones')
+    parser.add_argument(
+        '--train-batch', type=int, default=2, help='--train images per batch')
+    parser.add_argument(
+        '--train-crop',
+        type=int,
+        default=512,
+        help='--train side of the square crops')
+    parser.add_argument(
+        '--train-parts',
+        nargs='+',
+        choices=TRAIN_PARTS,
+        default=list(TRAIN_PARTS),
+        help='--train tables: time = paired time per iteration, stages = '
+        'time and saved activations per stage (one hooked iteration), '
+        'memory = peak memory (a fresh process per model on the CPU)')
+    parser.add_argument(
+        '--runtime',
+        nargs='+',
+        choices=RUNTIMES,
+        help='runtimes to compare instead: FcaFormer-L2 and ConvNeXt-T, '
+        'deployed, in each (classifier at 224x224, backbone at 512x512; '
+        '--latency-only / --dense-only pick one)')
     parser.add_argument('--out', default='work_dirs/benchmark.json')
     parser.add_argument('--plot', default='work_dirs/benchmark.png')
     args = parser.parse_args(argv)
     args.device = checked_device(args.device)
     if args.latency_only and args.dense_only:
         parser.error('--latency-only and --dense-only exclude each other')
+    if args.repeat is None:
+        args.repeat = 3 if args.train else 20
     if args.repeat < 1:
         parser.error(f'--repeat must be at least 1, got {args.repeat}')
+    if args.train and args.runtime:
+        parser.error('--train and --runtime exclude each other')
+    if args.with_cp and not args.train:
+        parser.error('--with-cp applies to --train only')
+    if args.train_batch < 2:
+        parser.error(f'--train-batch must be at least 2 (the 1x1 pooling '
+                     f'branch of UperNet\'s PPM has a BatchNorm, which '
+                     f'needs two values per channel), got {args.train_batch}')
+    if args.train_crop < 64 or args.train_crop % 32:
+        parser.error(f'--train-crop must be a multiple of 32, at least 64 '
+                     f'(the backbones downsample 32 times), got '
+                     f'{args.train_crop}')
+    if args.runtime and args.mode != 'deploy':
+        parser.error('--runtime times deployed models (ONNX export folds '
+                     'the model): leave --mode at deploy')
+    if args.runtime and 'compile' in args.runtime and \
+            torch.device(args.device).type == 'cpu' and \
+            not any(shutil.which(c) for c in ('g++', 'c++', 'clang++')):
+        parser.error('--runtime compile: torch.compile (inductor) on the CPU '
+                     'needs a C++ compiler and none (g++, c++, clang++) is '
+                     'on PATH; install one (apt-get install g++) or drop '
+                     '"compile"')
     return args
 
 
@@ -216,11 +277,13 @@ def time_rounds(fns: Dict[str, Callable[[], object]],
                 device: str,
                 warmup: int,
                 rounds: int,
-                amp: Optional[str] = None) -> Dict[str, List[float]]:
+                amp: Optional[str] = None,
+                inference: bool = True) -> Dict[str, List[float]]:
     """Time every function once per round, one call after the other.
 
     The order rotates from round to round, so no model always runs first
-    (or right after the same other model).
+    (or right after the same other model). The device is synchronised
+    before each reading of the clock.
 
     Args:
         fns (dict): Name -> a call to time (one forward).
@@ -228,13 +291,19 @@ def time_rounds(fns: Dict[str, Callable[[], object]],
         warmup (int): Untimed rounds first.
         rounds (int): Timed rounds.
         amp (str, optional): Autocast dtype name, see ``--amp``.
+        inference (bool): Run the calls without autograd (and in
+            ``amp``); False for training steps, which do their own.
 
     Returns:
         dict: Name -> milliseconds of its call in each round.
     """
     names = list(fns)
     times = {name: [] for name in names}
-    with torch.no_grad(), autocast(device, amp):
+    context = contextlib.ExitStack()
+    if inference:
+        context.enter_context(torch.no_grad())
+        context.enter_context(autocast(device, amp))
+    with context:
         for _ in range(warmup):
             for fn in fns.values():
                 fn()
@@ -608,6 +677,483 @@ def whole_models(args, results):
     results['whole_model_latency'] = whole
 
 
+# Training cost (--train): UperNet with FcaFormer-L2 against UperNet with
+# ConvNeXt-T, mmseg's own config.
+TRAIN_PARTS = ('time', 'stages', 'memory')
+TRAIN_LR = dict(lr=1e-4, weight_decay=0.01)
+
+
+def train_segmentor(path: str, with_cp: bool, device: str) -> nn.Module:
+    """A segmentor of ``path`` in training mode on ``device``, its
+    backbone's ``with_cp`` set; random weights (the modules' own
+    initialisation; no download)."""
+    cfg = load_config(path)
+    cfg.model.backbone.with_cp = with_cp
+    cfg.model.backbone.init_cfg = None
+    model = build_model(cfg)
+    model.to(device)
+    model.train()
+    return model
+
+
+def segmentation_batch(batch: int, size: int, num_classes: int, device: str):
+    """Random images and label maps of one training batch (square crops)."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=gen)
+    samples = []
+    for _ in range(batch):
+        sample = SegDataSample(
+            metainfo=dict(
+                img_shape=(size, size),
+                ori_shape=(size, size),
+                pad_shape=(size, size)))
+        labels = torch.randint(0, num_classes, (1, size, size), generator=gen)
+        sample.gt_sem_seg = PixelData(data=labels)
+        samples.append(sample.to(device))
+    return images.to(device), samples
+
+
+class TrainStep:
+    """One training iteration of a segmentor, as a call: forward in loss
+    mode, backward, an AdamW step. Both models get the same plain AdamW (no
+    layer decay: it changes learning rates, not cost), in float32 unless
+    ``amp`` autocasts the forward.
+
+    Args:
+        model (nn.Module): An mmseg segmentor in training mode.
+        batch (int): Images per iteration.
+        size (int): Side of the square crops.
+        device (str): Where the model is.
+        amp (str, optional): Autocast dtype name, see ``--amp``.
+    """
+
+    def __init__(self,
+                 model: nn.Module,
+                 batch: int,
+                 size: int,
+                 device: str,
+                 amp: Optional[str] = None):
+        self.model = model
+        self.device = device
+        self.amp = amp
+        self.inputs, self.samples = segmentation_batch(
+            batch, size, model.decode_head.num_classes, device)
+        self.optimizer = torch.optim.AdamW(model.parameters(), **TRAIN_LR)
+
+    def forward(self) -> torch.Tensor:
+        """The summed loss of one forward."""
+        with autocast(self.device, self.amp):
+            losses = self.model(self.inputs, self.samples, mode='loss')
+        return self.model.parse_losses(losses)[0]
+
+    def update(self) -> None:
+        """Apply and clear the gradients."""
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def __call__(self) -> None:
+        self.forward().backward()
+        self.update()
+
+
+def resident_mb(peak: bool) -> float:
+    """Resident memory of this process, now or its peak, in MB.
+
+    Linux: ``VmRSS`` / ``VmHWM`` of ``/proc/self/status``. The peak is not
+    ``getrusage``'s ``ru_maxrss``: that one carries the peak of the process
+    image an ``exec`` replaced, so a process spawned by a large parent
+    starts at the parent's size. Elsewhere ``ru_maxrss`` for both.
+    """
+    try:
+        with open('/proc/self/status') as file:
+            fields = dict(line.split(':', 1) for line in file if ':' in line)
+        return int(fields['VmHWM' if peak else 'VmRSS'].split()[0]) / 1024
+    except (OSError, KeyError):
+        value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return value / 2**20 if sys.platform == 'darwin' else value / 1024
+
+
+def _train_memory_child(path, with_cp, batch, size, amp, threads, queue):
+    torch.set_num_threads(threads)
+    step = TrainStep(
+        train_segmentor(path, with_cp, 'cpu'), batch, size, 'cpu', amp)
+    built = resident_mb(peak=False)
+    for _ in range(2):
+        step()
+    queue.put(dict(built_mb=built, peak_mb=resident_mb(peak=True)))
+
+
+def train_memory(path: str, with_cp: bool, batch: int, size: int, device: str,
+                 amp: Optional[str], threads: int) -> Dict[str, float]:
+    """Memory of two training iterations of the segmentor of ``path``.
+
+    CPU: a fresh process (spawned, so nothing of this one is in it) builds
+    the model and the data, reads its resident memory, runs two iterations
+    (the second one holds activations, gradients and AdamW's state at once)
+    and reads its peak resident memory (see :func:`resident_mb`).
+    CUDA: the allocator's figures in this process.
+
+    Returns:
+        dict: ``built_mb`` (after building), ``peak_mb`` (after the
+        iterations) and ``train_mb``, their difference: what training
+        adds.
+    """
+    if torch.device(device).type == 'cuda':
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(device)
+        step = TrainStep(
+            train_segmentor(path, with_cp, device), batch, size, device, amp)
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        built = torch.cuda.memory_allocated(device)
+        for _ in range(2):
+            step()
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        del step
+        result = dict(
+            built_mb=(built - before) / 2**20, peak_mb=(peak - before) / 2**20)
+    else:
+        context = mp.get_context('spawn')
+        queue = context.Queue()
+        process = context.Process(
+            target=_train_memory_child,
+            args=(path, with_cp, batch, size, amp, threads, queue))
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            raise RuntimeError(
+                f'The memory measurement of {path} (with_cp={with_cp}) '
+                f'failed in its subprocess (exit code {process.exitcode}); '
+                f'its error is printed above.')
+        result = queue.get()
+    result['train_mb'] = result['peak_mb'] - result['built_mb']
+    return result
+
+
+class StageProfile:
+    """Where a segmentor's training iteration spends time and keeps
+    activations, by backbone stage.
+
+    ``stage i`` is the backbone's ``downsample_layers[i - 1]`` and
+    ``stages[i - 1]`` (FcaFormer and mmpretrain's ConvNeXt are laid out
+    alike); ``outside`` is the rest: the output norms or projections, the
+    decode and auxiliary heads, the losses.
+
+    * forward: the clock is read by forward hooks at each stage's start
+      and end;
+    * backward: by gradient hooks on each stage's output (its backward
+      starts when that gradient is complete) and input (it ends when that
+      one is); the input image is made to require a gradient, so the first
+      stage has one too. An output norm's backward is counted in the next
+      stage's (it ends when the stage output's gradient is complete);
+    * saved: bytes of the tensors autograd holds for the backward at the
+      end of the forward (seen by ``torch.autograd.graph.saved_tensors_
+      hooks``), each storage counted once, in the part that saved it
+      first, parameters not counted.
+      Activation checkpointing keeps the inputs of its regions by itself,
+      out of sight of these hooks, so with ``with_cp`` the figures miss
+      them.
+
+    Args:
+        model (nn.Module): An mmseg segmentor.
+        device (str): Where it runs (CUDA is awaited at each reading).
+    """
+
+    OUTSIDE = 'outside'
+
+    def __init__(self, model: nn.Module, device: str):
+        self.model = model
+        self.device = device
+        backbone = model.backbone
+        self.stages = list(zip(backbone.downsample_layers, backbone.stages))
+        self.names = [f'stage {i + 1}' for i in range(len(self.stages))]
+
+    def _now(self) -> float:
+        synchronize(self.device)
+        return time.perf_counter()
+
+    def run(self, step: TrainStep) -> Dict[str, Dict[str, float]]:
+        """One hooked iteration of ``step``.
+
+        Returns:
+            dict: Part -> ``forward_ms``, ``backward_ms``, ``saved_mb``.
+        """
+        marks: Dict[tuple, float] = {}
+        packed: List[tuple] = []  # (weak reference to a saved tensor, part)
+        current = [self.OUTSIDE]
+        handles = []
+
+        def grad_mark(key):
+
+            def hook(grad):
+                marks[key] = self._now()
+
+            return hook
+
+        for name, (down, stage) in zip(self.names, self.stages):
+
+            def start(module, args, name=name):
+                current[0] = name
+                marks[name, 'forward start'] = self._now()
+                if args[0].requires_grad:
+                    args[0].register_hook(grad_mark((name, 'backward end')))
+
+            def stop(module, args, output, name=name):
+                marks[name, 'forward end'] = self._now()
+                current[0] = self.OUTSIDE
+                if output.requires_grad:
+                    output.register_hook(grad_mark((name, 'backward start')))
+
+            handles += [
+                down.register_forward_pre_hook(start),
+                stage.register_forward_hook(stop)
+            ]
+
+        def pack(tensor):
+            packed.append((weakref.ref(tensor), current[0]))
+            return tensor
+
+        step.inputs.requires_grad_(True)
+        try:
+            begin = self._now()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = step.forward()
+            forward_end = self._now()
+            saved = self._saved_bytes(packed, step.model)
+            loss.backward()
+            backward_end = self._now()
+            step.update()
+        finally:
+            step.inputs.requires_grad_(False)
+            for handle in handles:
+                handle.remove()
+        parts = {}
+        for name in self.names:
+            parts[name] = dict(
+                forward_ms=(marks[name, 'forward end'] -
+                            marks[name, 'forward start']) * 1000,
+                backward_ms=(marks[name, 'backward end'] -
+                             marks[name, 'backward start']) * 1000)
+        parts[self.OUTSIDE] = dict(
+            forward_ms=(forward_end - begin) * 1000 -
+            sum(p['forward_ms'] for p in parts.values()),
+            backward_ms=(backward_end - forward_end) * 1000 -
+            sum(p['backward_ms'] for p in parts.values()))
+        for name, value in parts.items():
+            value['saved_mb'] = saved.get(name, 0) / 2**20
+        return parts
+
+    @staticmethod
+    def _saved_bytes(packed: List[tuple], model: nn.Module) -> Dict[str, int]:
+        """Part -> bytes of the storages of the saved tensors that the
+        graph still holds (a branch dropped during the forward freed its
+        own), each storage once, parameters left out."""
+        seen = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        saved: Dict[str, int] = defaultdict(int)
+        for ref, part in packed:
+            tensor = ref()
+            if tensor is None:
+                continue
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                saved[part] += storage.nbytes()
+        return saved
+
+
+def training(args, results) -> None:
+    """The ``--train`` tables: time per iteration (paired rounds), time and
+    saved activations per stage, peak memory."""
+    device, parts = args.device, set(args.train_parts)
+    batch, size, cp = args.train_batch, args.train_crop, args.with_cp
+    names = list(SEGMENTORS)
+    reference = names[-1]
+    print(
+        f'\nTraining iteration: batch {batch}, {size}x{size} crops, '
+        f'with_cp={cp}, AdamW, {"float32" if args.amp is None else args.amp}')
+    entry = dict(batch=batch, crop=size, with_cp=cp)
+    # Memory first: the processes it spawns start from a small one.
+    if 'memory' in parts:
+        memory = {
+            name:
+            train_memory(path, cp, batch, size, device, args.amp, args.threads)
+            for name, path in SEGMENTORS.items()
+        }
+        how = ('allocator peak' if torch.device(device).type == 'cuda' else
+               'peak resident memory of a fresh process, VmHWM')
+        print(f'\nMemory of training ({how}; MB)')
+        print(f'  {"":32s} {"built":>8s} {"peak":>8s} {"training":>9s}')
+        for name, value in memory.items():
+            print(f'  {name:32s} {value["built_mb"]:8.0f} '
+                  f'{value["peak_mb"]:8.0f} {value["train_mb"]:9.0f}  '
+                  f'{ratio(value["train_mb"], memory[reference]["train_mb"])}')
+        entry['memory'] = memory
+    if parts & {'time', 'stages'}:
+        steps = {
+            name:
+            TrainStep(
+                train_segmentor(path, cp, device), batch, size, device,
+                args.amp)
+            for name, path in SEGMENTORS.items()
+        }
+    if 'time' in parts:
+        timings = summarize(
+            time_rounds(steps, device, 1, args.repeat, inference=False),
+            (reference, ))
+        report(
+            f'Training iteration, batch {batch}, {size}x{size}, '
+            f'with_cp={cp}', timings)
+        entry['time'] = timings
+    if 'stages' in parts:
+        entry['stages'] = {
+            name: StageProfile(step.model, device).run(step)
+            for name, step in steps.items()
+        }
+        report_stages(entry['stages'], reference)
+    results['training'] = entry
+
+
+def ratio(value: float, reference: float) -> str:
+    """``value / reference`` as text, or '-' for a zero reference."""
+    return f'{value / reference:.3f}x' if reference else '-'
+
+
+def report_stages(stages: Dict[str, dict], reference: str) -> None:
+    """Print each model's per-stage time and saved activations, and the
+    difference to ``reference``."""
+    print('\nOne hooked training iteration per model, by stage (see '
+          'StageProfile): forward ms, backward ms, saved MB; last column: '
+          f'forward + backward ms and saved MB minus {reference}\'s')
+    for name, parts in stages.items():
+        print(f'  {name}')
+        for part, value in parts.items():
+            other = stages[reference].get(part)
+            cells = (f'{value["forward_ms"]:9.0f} {value["backward_ms"]:9.0f}'
+                     f' {value["saved_mb"]:8.0f}')
+            if other is not None and name != reference:
+                total = value['forward_ms'] + value['backward_ms'] - (
+                    other['forward_ms'] + other['backward_ms'])
+                cells += (f'   {total:+8.0f} ms '
+                          f'{value["saved_mb"] - other["saved_mb"]:+7.0f} MB')
+            print(f'    {part:10s} {cells}')
+
+
+# Runtimes (--runtime): the deployed models in eager PyTorch, compiled by
+# torch.compile (inductor) and exported to ONNX Runtime.
+RUNTIMES = ('eager', 'compile', 'onnxruntime')
+RUNTIME_MODELS = {
+    'classifier': {
+        'FcaFormer-L2': CLASSIFIERS['FcaFormer-L2'],
+        'ConvNeXt-T': CLASSIFIERS['ConvNeXt-T']
+    },
+    'backbone': {
+        'FcaFormer-L2': SEGMENTORS['UperNet FcaFormer-L2'],
+        'ConvNeXt-T': SEGMENTORS['UperNet ConvNeXt-T']
+    },
+}
+
+
+def onnxruntime_call(model: torch.nn.Module, images: torch.Tensor, dense: bool,
+                     device: str, threads: int,
+                     path: str) -> Callable[[], object]:
+    """Export ``model`` (deploy mode, see :mod:`mmfca.deployment.onnx`) to
+    ``path`` at the size of ``images`` and return one ONNX Runtime
+    inference on them, as a call (``threads`` intra-op threads; the CUDA
+    provider on a CUDA ``device``)."""
+    import onnxruntime
+    providers = ['CPUExecutionProvider']
+    if torch.device(device).type == 'cuda':
+        if 'CUDAExecutionProvider' not in \
+                onnxruntime.get_available_providers():
+            raise SystemExit(
+                f'--runtime onnxruntime --device {device}: this onnxruntime '
+                f'has no CUDAExecutionProvider (pip install onnxruntime-gpu),'
+                f' or time it with --device cpu.')
+        providers = ['CUDAExecutionProvider']
+    export_onnx(model, path, tuple(images.shape[-2:]), dense=dense)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(path, options, providers=providers)
+    return functools.partial(session.run, None,
+                             {'images': images.cpu().numpy()})
+
+
+def runtime_calls(path: str, dense: bool, images: torch.Tensor, args,
+                  workdir: str, name: str) -> Dict[str, Callable]:
+    """Runtime -> one inference of the model of ``path`` (the classifier,
+    or the backbone with ``dense``), deployed, on ``images``."""
+    model = build_model(load_config(path))
+    module = prepared(model, dense, args.device)
+    calls = {}
+    for runtime in args.runtime:
+        if runtime == 'eager':
+            calls[runtime] = functools.partial(module, images)
+        elif runtime == 'compile':
+            calls[runtime] = functools.partial(torch.compile(module), images)
+        else:
+            calls[runtime] = onnxruntime_call(
+                model, images, dense, args.device, args.threads,
+                osp.join(workdir, f'{name}.onnx'))
+    return calls
+
+
+def runtimes(args, results) -> None:
+    """The ``--runtime`` tables: each model in each runtime, timed in
+    rounds together, and the best runtime of each model side by side."""
+    cases = []
+    if not args.dense_only:
+        cases.append(('classifier', (224, 224)))
+    if not args.latency_only:
+        cases.append(('backbone', (512, 512)))
+    results['runtimes'] = {}
+    for case, size in cases:
+        images = torch.randn(1, 3, *size, device=args.device)
+        fns = {}
+        with tempfile.TemporaryDirectory() as workdir:
+            for model, path in RUNTIME_MODELS[case].items():
+                calls = runtime_calls(path, case == 'backbone', images, args,
+                                      workdir, model)
+                fns.update({f'{model} {r}': fn for r, fn in calls.items()})
+            times = time_rounds(fns, args.device, 2, args.repeat)
+        reference = f'ConvNeXt-T {args.runtime[0]}'
+        title = f'{case}, batch 1, {size[0]}x{size[1]}'
+        summary = summarize(times, (reference, ))
+        report(f'Runtimes, {title} (deploy mode)', summary)
+        best = best_of_each(times, RUNTIME_MODELS[case])
+        results['runtimes'][case] = dict(times=summary, best=best)
+
+
+def best_of_each(times: Dict[str, List[float]], models: Sequence[str]) -> dict:
+    """Each model's fastest runtime (lowest median) and the per-round ratio
+    of the first model's to the last one's, printed side by side."""
+    models = list(models)
+    best = {}
+    for model in models:
+        names = [name for name in times if name.startswith(f'{model} ')]
+        name = min(names, key=lambda n: statistics.median(times[n]))
+        best[model] = dict(
+            runtime=name[len(model) + 1:],
+            ms=statistics.median(times[name]),
+            times=times[name])
+    first, last = best[models[0]], best[models[-1]]
+    ratio = quartiles([a / b for a, b in zip(first['times'], last['times'])])
+    print(f'  best of each: {models[0]} {first["runtime"]} '
+          f'{first["ms"]:.1f} ms, {models[-1]} {last["runtime"]} '
+          f'{last["ms"]:.1f} ms: {ratio["median"]:.3f}x '
+          f'[{ratio["q1"]:.3f}-{ratio["q3"]:.3f}] '
+          f'({ratio["min"]:.2f}-{ratio["max"]:.2f})')
+    return dict(
+        {
+            model: dict(runtime=v['runtime'], ms=v['ms'])
+            for model, v in best.items()
+        },
+        ratio=ratio)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -623,44 +1169,63 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         'ratios')
     print(f'device {args.device}, {args.threads} threads, mode {args.mode}'
           f', amp {args.amp}, torch {torch.__version__}')
-    if not args.dense_only:
-        latency, macs = classification(args, repeat, results)
-    if not args.latency_only:
-        backbones(args, repeat, results)
-        if args.dense_windows:
-            results['window_drift'] = window_drift(
-                parse_windows(args.dense_windows), args.drift_checkpoint)
-    if not (args.dense_only or args.latency_only):
-        whole_models(args, results)
+    if args.train:
+        training(args, results)
+    elif args.runtime:
+        runtimes(args, results)
+    else:
+        if not args.dense_only:
+            latency, macs = classification(args, repeat, results)
+        if not args.latency_only:
+            backbones(args, repeat, results)
+            if args.dense_windows:
+                results['window_drift'] = window_drift(
+                    parse_windows(args.dense_windows), args.drift_checkpoint)
+        if not (args.dense_only or args.latency_only):
+            whole_models(args, results)
 
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as file:
         json.dump(results, file, indent=2)
     print(f'\nresults saved to {args.out}')
-    if not (args.dense_only or args.latency_only):
+    if not (args.train or args.runtime or args.dense_only
+            or args.latency_only):
         plot(latency, macs, args.plot, args.device, args.threads)
     return results
 
 
-def plot(latency, macs, path, device, threads):
+def plot(latency: Dict[str, dict], macs: Dict[str, float], path: str,
+         device: str, threads: int) -> None:
+    """Latency against MACs at 224x224, one point per classifier (the
+    four models, and the official L2 when timed), as the paper's figure:
+    the median with its quartiles as an error bar."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, value in latency.items():
-        ms = value['ms']['median']
-        ax.scatter(macs[name], ms)
+        ms = value['ms']
+        official = name == OFFICIAL
+        ax.errorbar(
+            macs[name],
+            ms['median'],
+            yerr=[[ms['median'] - ms['q1']], [ms['q3'] - ms['median']]],
+            fmt='s' if official else 'o',
+            mfc='none' if official else None,
+            capsize=3)
         ax.annotate(
-            name, (macs[name], ms),
+            name, (macs[name], ms['median']),
             fontsize=8,
             textcoords='offset points',
-            xytext=(4, 4))
+            xytext=(5, 4))
     ax.set_xlabel('GMACs (224x224)')
-    ax.set_ylabel('latency, batch 1 (ms)')
-    ax.set_title(f'{device}, {threads} threads')
+    ax.set_ylabel('latency, batch 1 (ms; median, quartiles)')
+    ax.set_title(f'{device}, {threads} threads, torch {torch.__version__}')
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
     print(f'plot saved to {path}')
 
 
