@@ -775,7 +775,6 @@ def test_runner_checkpoints_load_under_plain_weights_only(tmp_path):
         files[0]
     assert isinstance(expected['message_hub']['log_scalars']['train/loss'],
                       HistoryBuffer)
-    assert isinstance(expected['rng_states']['numpy'][1], np.ndarray)
     assert isinstance(expected['message_hub']['runtime_info']['eta'],
                       np.generic)
     restored = from_weights_only(plain_torch_load(files[-1]))
