@@ -32,7 +32,8 @@ from mmfca.engine.runner.reliable_runner import is_intact_checkpoint
 from mmfca.models import FcaFormer
 from mmfca.models.utils.checkpoint import convert_official_keys
 from mmfca.utils.serialization import (checkpoint_globals, from_weights_only,
-                                       load_checkpoint_file, safe_globals)
+                                       load_checkpoint_file, safe_globals,
+                                       to_weights_only)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -829,3 +830,27 @@ def test_a_kill_while_saving_a_new_best_keeps_the_previous_best(
     assert is_intact_checkpoint(previous_best)
     assert plain_torch_load(previous_best)['meta']['iter'] == 2
     assert glob.glob(osp.join(work_dir, 'best_toy_score_iter_4.pth.tmp-*'))
+
+
+def test_numpy_values_round_trip_through_a_plain_weights_only_file(tmp_path):
+    """numpy arrays and scalars of any dtype, nested in containers, come
+    back with their types, dtypes and values; what needs no change (a
+    state dict and its ``_metadata``) is the caller's object."""
+    values = dict(
+        state_dict=torch.nn.BatchNorm2d(2).state_dict(),
+        numpy_rng=np.random.get_state(),
+        scalars=[np.float32(0.1),
+                 np.bool_(True), np.int64(-3)],
+        zero_d=np.array(7, dtype=np.int16),
+        nested={'pair': (np.float64(1.5), 'text', None)})
+    raw, stored = str(tmp_path / 'raw.pth'), str(tmp_path / 'stored.pth')
+    torch.save(values, raw)
+    with pytest.raises(pickle.UnpicklingError):
+        plain_torch_load(raw)
+    plain = to_weights_only(values)
+    assert plain['state_dict'] is values['state_dict']
+    torch.save(plain, stored)
+    restored = from_weights_only(plain_torch_load(stored))
+    assert_same(restored, values)
+    assert restored['state_dict']._metadata == \
+        values['state_dict']._metadata
