@@ -3,8 +3,8 @@
 Since torch 2.6, :func:`torch.load` unpickles only tensors, containers and
 an allow-list of types. mmengine 0.10.7's Runner stores a few of its own
 objects and numpy values in every checkpoint (the message hub's history
-buffers, numpy scalars, numpy's generator state) and the official FcaFormer
-script an ``argparse.Namespace``.
+buffers, numpy scalars; hooks may add numpy arrays) and the official
+FcaFormer script an ``argparse.Namespace``.
 
 - Writing: :func:`to_weights_only` stores those mmengine and numpy values
   as tensors in small tagged dicts, which :func:`from_weights_only` turns
