@@ -213,3 +213,97 @@ def test_onnx_export_of_the_segmentor_labels(upernet_l2, tmp_path):
     assert len(set(labels.ravel().tolist())) > 10
     assert (labels == expected.numpy()).all()
     assert (labels == logits.argmax(1, keepdim=True).numpy()).all()
+
+
+def test_mmdeploy_exports_mask_rcnn_with_the_workarounds(tmp_path):
+    """mmdeploy 1.3.1's ONNX Runtime route for the synthetic Mask R-CNN +
+    FcaFormer-L2 config, in-process inside ``mmdeploy_compat`` (needs
+    mmdeploy installed as the README says; skipped without it)."""
+    pytest.importorskip('mmdeploy')
+    import numpy as np
+    import onnxruntime
+    import torch.onnx.symbolic_opset9 as opset9
+    from mmdeploy.apis import torch2onnx
+    from mmengine.config import Config
+
+    from mmfca.deployment.mmdeploy_compat import mmdeploy_compat
+    model_cfg = load_config(
+        os.path.join(
+            REPO,
+            'configs/synthetic/mask_rcnn_fcaformer_l2_fpn_synthetic_coco.py'))
+    torch.manual_seed(0)
+    checkpoint = str(tmp_path / 'model.pth')
+    torch.save({'state_dict': build_model(model_cfg).state_dict()}, checkpoint)
+    # The values of mmdeploy's configs/mmdet/instance-seg/
+    # instance-seg_onnxruntime_dynamic.py (its configs are not in the
+    # wheel).
+    deploy_cfg = Config(
+        dict(
+            onnx_config=dict(
+                type='onnx',
+                export_params=True,
+                keep_initializers_as_inputs=False,
+                opset_version=11,
+                save_file='end2end.onnx',
+                input_names=['input'],
+                output_names=['dets', 'labels', 'masks'],
+                input_shape=None,
+                optimize=True,
+                dynamic_axes=dict(
+                    input={
+                        0: 'batch',
+                        2: 'height',
+                        3: 'width'
+                    },
+                    dets={
+                        0: 'batch',
+                        1: 'num_dets'
+                    },
+                    labels={
+                        0: 'batch',
+                        1: 'num_dets'
+                    },
+                    masks={
+                        0: 'batch',
+                        1: 'num_dets',
+                        2: 'height',
+                        3: 'width'
+                    })),
+            codebase_config=dict(
+                type='mmdet',
+                task='ObjectDetection',
+                model_type='end2end',
+                post_processing=dict(
+                    score_threshold=0.05,
+                    confidence_threshold=0.005,
+                    iou_threshold=0.5,
+                    max_output_boxes_per_class=200,
+                    pre_top_k=5000,
+                    keep_top_k=100,
+                    background_label_id=-1,
+                    export_postprocess_mask=False)),
+            backend_config=dict(type='onnxruntime')))
+    image = np.random.default_rng(0).integers(
+        0, 255, (128, 170, 3), dtype=np.uint8)
+    export = torch.onnx.export
+    had_cast = hasattr(opset9, '_cast_Long')
+    with mmdeploy_compat():
+        torch2onnx(
+            image,
+            str(tmp_path),
+            'end2end.onnx',
+            deploy_cfg,
+            model_cfg,
+            checkpoint,
+            device='cpu')
+    # Both workarounds are undone.
+    assert torch.onnx.export is export
+    assert hasattr(opset9, '_cast_Long') == had_cast
+    session = onnxruntime.InferenceSession(
+        str(tmp_path / 'end2end.onnx'), providers=['CPUExecutionProvider'])
+    assert [o.name
+            for o in session.get_outputs()] == ['dets', 'labels', 'masks']
+    dets, labels, masks = session.run(
+        None, {'input': np.random.randn(1, 3, 128, 192).astype(np.float32)})
+    assert dets.shape[-1] == 5 and dets.shape[:2] == labels.shape
+    assert masks.shape[:2] == labels.shape
