@@ -32,6 +32,8 @@ VERIFIED_VERSIONS: Dict[str, Tuple[str, str, str]] = {
     'mmseg': ('mmsegmentation', '1.2.2', '1.3.0'),
     'mmdet': ('mmdet', '3.3.0', '3.4.0'),
     'timm': ('timm', '1.0.0', '1.1.0'),
+    # Optional: the detectors' ONNX route (deployment.mmdeploy_compat).
+    'mmdeploy': ('mmdeploy', '1.3.1', '1.4.0'),
 }
 
 _checked: Set[str] = set()
