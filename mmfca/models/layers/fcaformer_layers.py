@@ -142,10 +142,10 @@ def symbolic_shapes() -> bool:
     tracing (the legacy ONNX exporter), torch.export, or ``torch.fx``
     symbolic tracing. Branching on feature-map sizes there would bake in
     the recorded size or fail on symbolic values."""
-    # torch.fx._symbolic_trace.is_fx_tracing is what torch's own
-    # MultiheadAttention asks (verified with torch 2.14).
+    # A private torch function (verified with torch 2.14); torch's own
+    # modules ask it the same question.
     return (torch.jit.is_tracing() or torch.compiler.is_exporting()
-            or torch.fx._symbolic_trace.is_fx_tracing())
+            or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
 
 
 def init_fcaformer_weights(module: nn.Module) -> None:
@@ -737,6 +737,20 @@ class FcaStage(nn.Module):
             if new_cross is not None:
                 cross_tokens.append(new_cross)
         return tokens
+
+    def block_outputs(self, tokens: torch.Tensor,
+                      count: int) -> List[torch.Tensor]:
+        """The tokens after each of the first ``count`` blocks, for the
+        plain model's intermediates (see :meth:`run_blocks`)."""
+        outputs: List[torch.Tensor] = []
+        cross_tokens: List[torch.Tensor] = []
+        for block in self.blocks[:count]:
+            cross = torch.cat(cross_tokens, 1) if cross_tokens else None
+            tokens, new_cross = block(tokens, cross)
+            if new_cross is not None:
+                cross_tokens.append(new_cross)
+            outputs.append(tokens)
+        return outputs
 
     def _whole_windows(self, pad_h: int, pad_w: int) -> bool:
         """Whether the map is whole windows and may stay partitioned through

@@ -22,8 +22,8 @@ a checkpoint that lacks backbone tensors (unless partial loading is asked
 for), with the rule it shares with timm's loader,
 :func:`check_backbone_coverage`.
 
-Nothing here imports the backbone: the arch table comes with the model or
-is passed in.
+Nothing here imports a front end (the OpenMMLab backbone or timm's
+classifiers): the arch table comes from the shared layers.
 """
 import logging
 import math
@@ -37,6 +37,7 @@ from mmengine.logging import print_log
 from mmengine.model.weight_init import PretrainedInit, update_init_info
 
 from ...utils.serialization import MapLocation, load_checkpoint_file
+from ..layers.fcaformer_layers import FCAFORMER_ARCHS
 
 # Official name of a block part in the transformer stages -> ours.
 _FCA_BLOCK_KEYS = [
@@ -408,7 +409,8 @@ def is_classifier_file(state_dict: Dict, num_stages: int) -> bool:
         for k in state_dict)
 
 
-def check_backbone_coverage(backbone: nn.Module,
+def check_backbone_coverage(model_state: Dict,
+                            num_stages: int,
                             state_dict: Dict,
                             source: str,
                             where: str,
@@ -425,7 +427,9 @@ def check_backbone_coverage(backbone: nn.Module,
     that provides no tensor at all is always one.
 
     Args:
-        backbone (FcaFormer): The backbone to load.
+        model_state (dict): The state dict of the backbone to load, in
+            mmfca names (a timm classifier's, renamed).
+        num_stages (int): The backbone's stages.
         state_dict (dict): The checkpoint's backbone weights, in mmfca
             names.
         source (str): The file, for the message.
@@ -448,7 +452,6 @@ def check_backbone_coverage(backbone: nn.Module,
         ValueError: When tensors are missing, naming the file, the prefix,
             how many tensors matched and what the checkpoint holds.
     """
-    model_state = backbone.state_dict()
     # BN's batch counters are not weights: torch's own load_state_dict
     # does not require them either.
     absent = [
@@ -457,7 +460,7 @@ def check_backbone_coverage(backbone: nn.Module,
     ]
     matched = sum(k in state_dict for k in model_state)
     new_outputs = []
-    if is_classifier_file(state_dict, backbone.num_stages):
+    if is_classifier_file(state_dict, num_stages):
         new_outputs = [k for k in absent if _OUTPUT_LAYER.match(k)]
     missing = [k for k in absent if k not in new_outputs]
     if matched and not (missing and strict):
@@ -472,7 +475,7 @@ def check_backbone_coverage(backbone: nn.Module,
     under = ''
     if where.startswith('under') and state_dict:
         under = f', and under that prefix {top_level_names(state_dict)}'
-    arch_zoo = backbone.arch_zoo
+    arch_zoo = FCAFORMER_ARCHS
     raise ValueError(
         f'Checkpoint {source!r} does not hold this backbone '
         f'({describe_arch(model_state, arch_zoo)}): {matched} of '
@@ -558,7 +561,8 @@ class FcaFormerPretrainedInit(PretrainedInit):
         where = _where(self.prefix, used_prefix, bool(state_dict))
         prepare_backbone_state_dict(module, state_dict, source=filename)
         new_outputs, missing = check_backbone_coverage(
-            module,
+            module.state_dict(),
+            module.num_stages,
             state_dict,
             source=filename,
             where=where,
