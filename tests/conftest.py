@@ -84,3 +84,41 @@ def official_dense_l2(ckpt_dir):
     path = str(ckpt_dir / 'official_upernet_l2.pth')
     torch.save(dict(meta=dict(iter=160000), state_dict=state), path)
     return dict(path=path, weights=weights)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTHETIC_SEG = os.path.join(
+    REPO, 'configs/synthetic/upernet_fcaformer_l2_synthetic_ade20k.py')
+SYNTHETIC_MASK_RCNN = os.path.join(
+    REPO, 'configs/synthetic/mask_rcnn_fcaformer_l2_fpn_synthetic_coco.py')
+
+
+@pytest.fixture(scope='session')
+def seg_reference(synthetic_ade, tmp_path_factory):
+    """An uninterrupted UperNet + small L1 run (``small_run`` of
+    test_reliability.py): 6 iterations, checkpoints at 2, 4 and 6."""
+    from test_reliability import small_run
+
+    from mmfca import apis
+    work_dir = str(tmp_path_factory.mktemp('reference'))
+    apis.train([SYNTHETIC_SEG, '--work-dir', work_dir, '--cfg-options'] +
+               small_run(synthetic_ade))
+    return work_dir
+
+
+@pytest.fixture(scope='session')
+def mask_rcnn_run(synthetic_coco, tmp_path_factory):
+    """The synthetic Mask R-CNN config for 2 epochs, a checkpoint after
+    each."""
+    from mmfca import apis
+    from mmfca.testing import synthetic_data_overrides
+    work_dir = str(tmp_path_factory.mktemp('mask_rcnn'))
+    # Deterministic algorithms: without them two CPU runs of Mask R-CNN
+    # differ by about 1e-5 after a few iterations.
+    apis.train([SYNTHETIC_MASK_RCNN, '--work-dir', work_dir, '--cfg-options'] +
+               synthetic_data_overrides('coco', synthetic_coco) +
+               ['randomness.deterministic=True'])
+    return dict(
+        work_dir=work_dir,
+        root=synthetic_coco,
+        checkpoint=os.path.join(work_dir, 'epoch_2.pth'))

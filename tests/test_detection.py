@@ -60,18 +60,7 @@ def losses_of(work_dir):
     ]
 
 
-@pytest.fixture(scope='session')
-def mask_rcnn_run(synthetic_coco, tmp_path_factory):
-    work_dir = str(tmp_path_factory.mktemp('mask_rcnn'))
-    # Deterministic algorithms: without them two CPU runs of Mask R-CNN
-    # differ by about 1e-5 after a few iterations.
-    apis.train([SYNTHETIC_MASK_RCNN, '--work-dir', work_dir, '--cfg-options'] +
-               synthetic_overrides(synthetic_coco) +
-               ['randomness.deterministic=True'])
-    return dict(
-        work_dir=work_dir,
-        root=synthetic_coco,
-        checkpoint=os.path.join(work_dir, 'epoch_2.pth'))
+# mask_rcnn_run: tests/conftest.py (test_resume.py resumes it too).
 
 
 def test_mask_rcnn_trains_on_cpu(mask_rcnn_run):

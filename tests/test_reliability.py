@@ -82,12 +82,10 @@ def assert_identical(a, b, where='checkpoint'):
 
 
 @pytest.fixture(scope='module')
-def reference(synthetic_ade, tmp_path_factory):
-    """An uninterrupted run: 6 iterations, checkpoints at 2, 4 and 6."""
-    work_dir = str(tmp_path_factory.mktemp('reference'))
-    apis.train([SYNTHETIC_SEG, '--work-dir', work_dir, '--cfg-options'] +
-               small_run(synthetic_ade))
-    return work_dir
+def reference(seg_reference):
+    """An uninterrupted run: 6 iterations, checkpoints at 2, 4 and 6
+    (tests/conftest.py; test_resume.py resumes it too)."""
+    return seg_reference
 
 
 @pytest.fixture(scope='module')

@@ -14,6 +14,18 @@
 # build it as well.
 runner_type = 'ReliableRunner'
 
+# The training data as one seeded stream of samples (ReliableRunner logs
+# what it changes): every sample is augmented with the Python, numpy and
+# torch generators seeded from (randomness.seed, its position in the
+# stream), not from a worker's history; InfiniteSampler and DefaultSampler
+# become their seeded versions (same indices, same order), and
+# IterBasedTrainLoop becomes ResumableIterBasedTrainLoop, which resumes by
+# starting the sampler at the saved position instead of loading every batch
+# already trained on again. With RNGStateHook, a resumed run then ends as
+# the uninterrupted one whatever num_workers and persistent_workers are.
+# False: mmengine's loop and samplers.
+seeded_data_stream = True
+
 # Merged by name into the codebase's default_hooks (a config that sets
 # custom_hooks keeps them):
 # - checkpoint: written to a temporary file and renamed, so a kill while

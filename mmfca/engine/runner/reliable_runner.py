@@ -23,6 +23,7 @@ from ...utils.serialization import (MapLocation, from_weights_only,
                                     load_checkpoint_file, to_weights_only)
 from ...utils.versions import check_verified
 from ..optimizers.amp_optim_wrapper import accelerator_available
+from .loops import seeded_data_stream
 
 check_verified('mmengine', 'private fields of Runner')
 
@@ -101,6 +102,10 @@ class ReliableRunner(Runner):
       whatever mmengine passes to ``torch.load``; a file holding other
       Python objects is refused with a clear message unless the config sets
       ``trust_checkpoint = True`` (``--trust-checkpoint``).
+    - ``seeded_data_stream = True`` in the config: per-sample seeded
+      augmentation and a resume that loads no batch again
+      (:func:`~mmfca.engine.runner.loops.seeded_data_stream` says what it
+      changes; the log lists it).
     - ``launcher='pytorch'`` on a machine without a GPU: the process group
       is created with the gloo backend (mmengine's launcher calls
       ``torch.cuda.set_device``), SyncBN layers become BN (SyncBN has no
@@ -224,6 +229,18 @@ class ReliableRunner(Runner):
         if isinstance(dataset_cfg, dict):
             check_not_empty(built.dataset, dataset_cfg)
         return built
+
+    def build_train_loop(self, loop):
+        # With seeded_data_stream (configs/_base_/mmfca_runtime.py): the
+        # loop and data loader of mmfca.engine.runner.loops, logged.
+        if isinstance(loop, dict) and self.cfg.get('seeded_data_stream'):
+            # Runner's private field (verified with mmengine 0.10.7).
+            loop, self._train_dataloader, notes = seeded_data_stream(
+                loop, self._train_dataloader)
+            print_log(
+                'seeded_data_stream: ' + '; '.join(notes) + '.',
+                logger='current')
+        return super().build_train_loop(loop)
 
     def load_or_resume(self) -> None:
         # Runner's private resume fields (verified with mmengine 0.10.7).
