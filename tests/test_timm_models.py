@@ -339,3 +339,14 @@ def test_optimizer_groups_and_no_weight_decay(name):
         grouped = [n for members in groups.values() for n in members]
         assert sorted(grouped) == sorted(names)
         assert len(groups) > 1
+
+
+@pytest.mark.parametrize('name', ['fcaformer_l0', 'fcaformer_l1'])
+def test_a_new_classifier_follows_the_model(name):
+    """Device, dtype and train/eval mode of the model it joins."""
+    model = timm.create_model(name, device='meta').eval().double()
+    model.reset_classifier(3)
+    head = model.get_classifier()
+    assert all(p.device.type == 'meta' and p.dtype == torch.float64
+               for p in head.parameters())
+    assert not any(m.training for m in model.modules())

@@ -352,6 +352,7 @@ class PlainFcaFormerClassifier(nn.Module):
             num_classes,
             device=parameter.device,
             dtype=parameter.dtype) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         return add_class_token(self.downsample_layers[0](x), self.cls_token,
