@@ -1089,8 +1089,8 @@ def onnxruntime_call(model: torch.nn.Module, images: torch.Tensor, dense: bool,
                      path: str) -> Callable[[], object]:
     """Export ``model`` (deploy mode, see :mod:`mmfca.deployment.onnx`) to
     ``path`` at the size of ``images`` and return one ONNX Runtime
-    inference on them, as a call (``threads`` intra-op threads; the CUDA
-    provider on a CUDA ``device``)."""
+    inference on them, as a call (``threads`` intra-op threads that do not
+    spin when idle; the CUDA provider on a CUDA ``device``)."""
     import onnxruntime
     providers = ['CPUExecutionProvider']
     if torch.device(device).type == 'cuda':
@@ -1105,6 +1105,9 @@ def onnxruntime_call(model: torch.nn.Module, images: torch.Tensor, dense: bool,
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle threads sleep: spinning ones would take the cores from the calls
+    # of the other models that run next in the round.
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     session = onnxruntime.InferenceSession(path, options, providers=providers)
     return functools.partial(session.run, None,
                              {'images': images.cpu().numpy()})
