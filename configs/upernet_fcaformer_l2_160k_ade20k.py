@@ -35,15 +35,19 @@ optim_wrapper = dict(
     paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise', num_layers=6),
     loss_scale='dynamic')
 
-# Linear warm-up for 1500 iterations, then poly (power 1).
+# The official schedule (mmseg 0.x: poly, power 1, over 160k iterations from
+# iteration 0, times a linear warm-up from 1e-6 over the first 1500). Both
+# schedulers run from 0 and mmengine multiplies their factors; its `end` is
+# exclusive and a factor reaches its last value at iteration end - 1, hence
+# 1501 and 160001.
 param_scheduler = [
     dict(
-        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
+        type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1501),
     dict(
         type='PolyLR',
         power=1.0,
-        begin=1500,
-        end=160000,
+        begin=0,
+        end=160001,
         eta_min=0.0,
         by_epoch=False),
 ]

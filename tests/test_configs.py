@@ -43,21 +43,23 @@ OFFICIAL = {
         drop_path_rate=0.1,
         optimizer=dict(lr=1e-4, weight_decay=0.01),
         decay=dict(decay_rate=0.9, decay_type='stage_wise'),
-        # lr_config: poly (power 1, min_lr 0) over 160k iterations after a
-        # linear warm-up of 1500 iterations from 1e-6.
+        # lr_config: poly (power 1, min_lr 0) over 160k iterations from
+        # iteration 0, times a linear warm-up of 1500 iterations from 1e-6
+        # (mmengine's `end` is exclusive: test_recipes.py steps it against
+        # the mmcv 1.x formula at every iteration).
         param_scheduler=[
             dict(
                 type='LinearLR',
                 start_factor=1e-6,
                 by_epoch=False,
                 begin=0,
-                end=1500),
+                end=1501),
             dict(
                 type='PolyLR',
                 power=1.0,
                 eta_min=0.0,
-                begin=1500,
-                end=160000,
+                begin=0,
+                end=160001,
                 by_epoch=False),
         ]),
     MASK_RCNN:

@@ -69,6 +69,37 @@ def test_detection_schedule_is_the_official_one(config):
                 scheduler.step()
 
 
+def test_segmentation_schedule_is_the_official_one():
+    """The official UperNet schedule, restated from mmseg 0.x /
+    mmcv 1.x: ``lr_config = dict(policy='poly', power=1.0, min_lr=0.0,
+    by_epoch=False, warmup='linear', warmup_iters=1500,
+    warmup_ratio=1e-6)`` over 160k iterations: the poly lr at iteration i,
+    times ``1 - (1 - 1e-6) * (1 - i / 1500)`` before iteration 1500. The
+    config's schedulers, stepped after every iteration, at every
+    iteration."""
+    from mmengine.registry import PARAM_SCHEDULERS
+    cfg = load_config(SEG_CONFIG)
+    base_lr = cfg.optim_wrapper.optimizer.lr
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))],
+                                  lr=base_lr)
+    schedulers = [
+        PARAM_SCHEDULERS.build(dict(scheduler, optimizer=optimizer))
+        for scheduler in cfg.param_scheduler
+    ]
+    max_iters = cfg.train_cfg.max_iters
+    assert max_iters == 160000
+    for iteration in range(max_iters):
+        warm_up = 1.0
+        if iteration < 1500:
+            warm_up = 1 - (1 - 1e-6) * (1 - iteration / 1500)
+        expected = base_lr * (1 - iteration / max_iters) * warm_up
+        assert optimizer.param_groups[0]['lr'] == pytest.approx(
+            expected, rel=1e-6), iteration
+        optimizer.step()
+        for scheduler in schedulers:
+            scheduler.step()
+
+
 def official_aug_test_branches(width, height):
     """The official ``--aug-test``, restated: mmseg 0.x MultiScaleFlipAug
     with img_scale=(2048, 512), img_ratios 0.5-1.75 and flip makes the
