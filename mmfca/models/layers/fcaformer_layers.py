@@ -13,6 +13,7 @@ stages, dense outputs) and the timm classifiers in
 (``norm_layer`` callables), script with TorchScript and trace with
 ``torch.fx``, so timm's tooling works on them.
 """
+import functools
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -499,8 +500,23 @@ class ForwardCrossAttention(nn.Module):
                 blocks, ``(B, num_cross_tokens, C)``, not yet scaled or
                 normalised.
         """
-        batch, length, channels = x.shape
-        q, k, v = self._split_heads(self.qkv(x), 3).unbind(0)
+        return self.attend(self.qkv(x), cross)
+
+    def attend(self,
+               qkv: torch.Tensor,
+               cross: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The attention after the ``qkv`` projection, which
+        :meth:`FcaBlock.forward_padded` computes once per real token rather
+        than per window position.
+
+        Args:
+            qkv (torch.Tensor): ``self.qkv`` of the normalised window
+                tokens, ``(B, N, 3 * C)``.
+            cross (torch.Tensor, optional): As in :meth:`forward`.
+        """
+        batch, length, _ = qkv.shape
+        channels = self.embed_dims
+        q, k, v = self._split_heads(qkv, 3).unbind(0)
         if self.cross_norm is not None and cross is not None:
             cross = self.cross_norm(cross * self.cross_scale)
             # Only keys and values are needed for the cross tokens.
@@ -633,6 +649,78 @@ class FcaBlock(nn.Module):
                 return checkpoint(self._forward, x, cross, use_reentrant=False)
         return self._forward(x, cross)
 
+    def _forward_padded(self, tokens: torch.Tensor,
+                        cross: Optional[torch.Tensor],
+                        window_index: torch.Tensor, token_index: torch.Tensor,
+                        token_window: torch.Tensor
+                        ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        batch, _, channels = tokens.shape
+        length = self.window_size * self.window_size
+        # A last row of zeros stands for every padded position: its norm1
+        # and qkv are those of the official zero padding, computed once.
+        tokens = F.pad(tokens, [0, 0, 0, 1])
+        qkv = self.attn.qkv(self.norm1(tokens))
+        qkv = qkv.index_select(1,
+                               window_index).reshape(-1, length, 3 * channels)
+        x = tokens.index_select(1, window_index).reshape(-1, length, channels)
+        x = x + self.drop_path(self.ls1(self.attn.attend(qkv, cross)))
+        x, new_cross = self.merge_and_enhance(x)
+        # Padded positions end here (the stage crops them): the FFN runs on
+        # the real tokens only, back in map order.
+        x_real = x.reshape(batch, -1, channels).index_select(1, token_index)
+        branch = self.ls2(self.ffn(self.norm2(x_real)))
+        if self.training:
+            # One draw per window, as drop path on the window batch.
+            keep = self.drop_path(branch.new_ones(x.shape[0], 1, 1))
+            keep = keep.reshape(batch, -1).index_select(1, token_window)
+            branch = branch * keep.unsqueeze(-1)
+        return x_real + branch, new_cross
+
+    def forward_padded(self, tokens: torch.Tensor,
+                       cross: Optional[torch.Tensor],
+                       window_index: torch.Tensor, token_index: torch.Tensor,
+                       token_window: torch.Tensor
+                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The block on a map that is padded to whole windows with zeros,
+        given its real tokens: the outputs at the real positions of
+        padding, window partition, :meth:`forward`, window reverse and
+        cropping, without the work whose results the crop drops.
+
+        Queries, attention and the TME run on whole windows (the TME's
+        convolutions read the padded positions' attention outputs), but
+        the qkv projection of the padded tokens, all alike, is computed
+        once, and the FFN branch runs on the real tokens only.
+
+        Args:
+            tokens (torch.Tensor): The real tokens in map order,
+                ``(B, H * W, C)``.
+            cross (torch.Tensor, optional): Cross tokens of earlier blocks.
+            window_index (torch.Tensor): For each window position (windows
+                in :func:`window_partition` order), its real token's index
+                or ``H * W`` for a padded position; from
+                :func:`padded_window_index`.
+            token_index (torch.Tensor): For each real token, its window
+                position.
+            token_window (torch.Tensor): For each real token, its window,
+                for the per-window drop path of the FFN branch.
+
+        Returns:
+            tuple: The new real tokens ``(B, H * W, C)`` and this block's
+            cross tokens (None for the last block).
+        """
+        if not torch.jit.is_scripting():
+            if self.grad_checkpointing and tokens.requires_grad:
+                return checkpoint(
+                    self._forward_padded,
+                    tokens,
+                    cross,
+                    window_index,
+                    token_index,
+                    token_window,
+                    use_reentrant=False)
+        return self._forward_padded(tokens, cross, window_index, token_index,
+                                    token_window)
+
     def merge_and_enhance(self, x: torch.Tensor
                           ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Token merging and enhancement (TME) of window tokens
@@ -670,6 +758,55 @@ def window_reverse(x: torch.Tensor, window_size: int, height: int,
     rows, cols = height // window_size, width // window_size
     x = x.view(-1, rows, cols, window_size, window_size, channels)
     return x.permute(0, 5, 1, 3, 2, 4).reshape(-1, channels, height, width)
+
+
+def padded_window_index(height: int, width: int, window_size: int,
+                        top_left: bool, device: torch.device
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the tokens of a ``height x width`` map go when it is padded to
+    whole windows at the top-left (or bottom-right) and partitioned, for
+    :meth:`FcaBlock.forward_padded`.
+
+    Built from torch ops on the sizes, so that a recorded forward (export,
+    FX) computes them for any input size.
+
+    Returns:
+        tuple: ``window_index`` (for each window position in
+        :func:`window_partition` order, the index of its token in the
+        map's ``H * W`` tokens, or ``H * W`` where it is padding),
+        ``token_index`` (for each token, its window position) and
+        ``token_window`` (for each token, its window).
+    """
+    pad_h = (window_size - height % window_size) % window_size
+    pad_w = (window_size - width % window_size) % window_size
+    padded_h, padded_w = height + pad_h, width + pad_w
+    shift_h, shift_w = (pad_h, pad_w) if top_left else (0, 0)
+    ys = torch.arange(padded_h, device=device) - shift_h
+    xs = torch.arange(padded_w, device=device) - shift_w
+    inside = ((ys >= 0) & (ys < height))[:, None] & ((xs >= 0) &
+                                                     (xs < width))[None, :]
+    index = torch.where(inside, ys[:, None] * width + xs[None, :],
+                        height * width)
+    window_index = index.reshape(padded_h // window_size, window_size,
+                                 padded_w // window_size,
+                                 window_size).permute(0, 2, 1, 3).reshape(-1)
+    ys = torch.arange(height, device=device) + shift_h
+    xs = torch.arange(width, device=device) + shift_w
+    token_window = (ys // window_size)[:, None] * (padded_w // window_size) + (
+        xs // window_size)[None, :]
+    position = (ys % window_size)[:, None] * window_size + (
+        xs % window_size)[None, :]
+    token_index = token_window * (window_size * window_size) + position
+    return window_index, token_index.reshape(-1), token_window.reshape(-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_padded_window_index(
+        height: int, width: int, window_size: int, top_left: bool,
+        device: torch.device
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`padded_window_index`, computed once per map size (eager)."""
+    return padded_window_index(height, width, window_size, top_left, device)
 
 
 class FcaStage(nn.Module):
@@ -770,22 +907,32 @@ class FcaStage(nn.Module):
         if self._whole_windows(pad_h, pad_w):
             tokens = self.run_blocks(window_partition(x, ws))
             return window_reverse(tokens, ws, height, width)
-        padded_h, padded_w = height + pad_h, width + pad_w
+        batch, channels = x.shape[0], x.shape[1]
+        # The real tokens in map order; each block pads and partitions
+        # them by index (FcaBlock.forward_padded).
+        tokens = x.flatten(2).transpose(1, 2)
         cross_tokens: List[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
-            top_left = i % 2 == 0
-            pad = [pad_w, 0, pad_h, 0] if top_left else [0, pad_w, 0, pad_h]
-            tokens = window_partition(F.pad(x, pad), ws)
+            indices = self._padded_indices(height, width, i % 2 == 0, x.device)
             cross = torch.cat(cross_tokens, 1) if cross_tokens else None
-            tokens, new_cross = block(tokens, cross)
+            tokens, new_cross = block.forward_padded(tokens, cross, indices[0],
+                                                     indices[1], indices[2])
             if new_cross is not None:
                 cross_tokens.append(new_cross)
-            x = window_reverse(tokens, ws, padded_h, padded_w)
-            if top_left:
-                x = x[:, :, pad_h:, pad_w:]
-            else:
-                x = x[:, :, :height, :width]
-        return x
+        return tokens.transpose(1, 2).reshape(batch, channels, height, width)
+
+    def _padded_indices(self, height: int, width: int, top_left: bool,
+                        device: torch.device
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`padded_window_index` for a block of this stage; cached in
+        eager mode, computed from the (symbolic) sizes when recorded."""
+        if not torch.jit.is_scripting():
+            if not (symbolic_shapes() or torch.compiler.is_compiling()):
+                return _cached_padded_window_index(height, width,
+                                                   self.window_size, top_left,
+                                                   device)
+        return padded_window_index(height, width, self.window_size, top_left,
+                                   device)
 
 
 class OutputProjection(nn.Module):
