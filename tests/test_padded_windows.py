@@ -28,15 +28,16 @@ def official_stage(stage: FcaStage, x: torch.Tensor) -> torch.Tensor:
         pad = [pad_w, 0, pad_h, 0] if top_left else [0, pad_w, 0, pad_h]
         padded = F.pad(x, pad)
         windows = padded.reshape(batch, channels, rows, ws, cols, ws)
-        windows = windows.permute(0, 2, 4, 3, 5, 1).reshape(-1, ws * ws,
-                                                            channels)
+        windows = windows.permute(0, 2, 4, 3, 5,
+                                  1).reshape(-1, ws * ws, channels)
         cross = torch.cat(cross_tokens, 1) if cross_tokens else None
         windows, new_cross = block(windows, cross)
         if new_cross is not None:
             cross_tokens.append(new_cross)
         padded = windows.reshape(batch, rows, cols, ws, ws, channels)
-        padded = padded.permute(0, 5, 1, 3, 2, 4).reshape(
-            batch, channels, rows * ws, cols * ws)
+        padded = padded.permute(0, 5, 1, 3, 2,
+                                4).reshape(batch, channels, rows * ws,
+                                           cols * ws)
         if top_left:
             x = padded[:, :, pad_h:, pad_w:]
         else:
@@ -134,5 +135,4 @@ def test_scripted_and_fx_traced_stages_serve_any_size():
             expected = official_stage(stage, x)
             torch.testing.assert_close(
                 scripted(x), expected, rtol=0, atol=1e-12)
-            torch.testing.assert_close(
-                traced(x), expected, rtol=0, atol=1e-12)
+            torch.testing.assert_close(traced(x), expected, rtol=0, atol=1e-12)
