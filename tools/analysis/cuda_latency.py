@@ -31,8 +31,8 @@ LAYERS = osp.join(
     'models', 'layers', 'fcaformer_layers.py')
 
 
-def load_layers(path: str = LAYERS):
-    spec = importlib.util.spec_from_file_location('fcaformer_layers', path)
+def load_layers(path: str = LAYERS, name: str = 'fcaformer_layers'):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     # torch.compile looks modules up by name.
     sys.modules[spec.name] = module
@@ -71,8 +71,16 @@ class FcaFormerL2(nn.Module):
         return tuple(outs) if self.dense else self.head(x)
 
 
-def time_pairs(models, x, rounds, dtype):
-    """Alternate the models call by call; per-round ratios to models[1]."""
+def _ratio(times, other):
+    """Median and quartiles of the per-round ratios ``times / other``."""
+    ratios = sorted(a / b for a, b in zip(times, other))
+    quartiles = statistics.quantiles(ratios, n=4)
+    return f'{statistics.median(ratios):.3f} [{quartiles[0]:.3f}, ' \
+        f'{quartiles[2]:.3f}]'
+
+
+def time_rounds(models, x, rounds, dtype):
+    """Call the models in turn, round after round; each model's times."""
     events = [(torch.cuda.Event(enable_timing=True),
                torch.cuda.Event(enable_timing=True)) for _ in models]
     times = [[] for _ in models]
@@ -89,10 +97,7 @@ def time_pairs(models, x, rounds, dtype):
                 end.record()
                 torch.cuda.synchronize()
                 record.append(start.elapsed_time(end))
-    ratios = sorted(a / b for a, b in zip(*times))
-    quartiles = statistics.quantiles(ratios, n=4)
-    return (statistics.median(times[0]), statistics.median(times[1]),
-            statistics.median(ratios), quartiles[0], quartiles[2])
+    return times
 
 
 def main():
@@ -104,23 +109,31 @@ def main():
     parser.add_argument(
         '--compile',
         choices=['default', 'reduce-overhead', 'max-autotune'],
-        help='torch.compile both models with this mode (inductor)')
+        help='torch.compile every model with this mode (inductor)')
     parser.add_argument(
         '--layers',
-        default=LAYERS,
-        help='the layers file to build FcaFormer from (another version of '
-        'it, to compare)')
+        nargs='+',
+        default=[LAYERS],
+        help='layers files to build FcaFormer from (other versions of it, '
+        'timed in the same rounds)')
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit('cuda_latency.py needs a CUDA device; use '
                          'tools/analysis/benchmark.py on a CPU.')
-    layers = load_layers(args.layers)
-    ours = layers.fold_for_inference(FcaFormerL2(layers, args.dense)).cuda()
-    convnext = timm.create_model(
-        'convnext_tiny', features_only=args.dense).cuda().eval()
+    models = [
+        load_layers(path, f'fcaformer_layers_{i}')
+        for i, path in enumerate(args.layers)
+    ]
+    models = [
+        layers.fold_for_inference(FcaFormerL2(layers, args.dense)).cuda()
+        for layers in models
+    ]
+    models.append(
+        timm.create_model('convnext_tiny',
+                          features_only=args.dense).cuda().eval())
     if args.compile:
-        ours = torch.compile(ours, mode=args.compile)
-        convnext = torch.compile(convnext, mode=args.compile)
+        models = [torch.compile(m, mode=args.compile) for m in models]
+    names = [f'FcaFormer-L2 ({osp.basename(p)})' for p in args.layers]
     print(f'{torch.cuda.get_device_name()}, torch {torch.__version__}, '
           f'timm {timm.__version__}; '
           f'{"dense backbones" if args.dense else "classifiers"} at '
@@ -129,12 +142,16 @@ def main():
     for dtype in (None, torch.float16):
         for batch in args.batch:
             x = torch.randn(batch, 3, *args.shape, device='cuda')
-            ms_a, ms_b, ratio, q1, q3 = time_pairs([ours, convnext], x,
-                                                   args.rounds, dtype)
-            name = 'fp32' if dtype is None else 'fp16 autocast'
-            print(f'{name:13s} batch {batch:3d}: FcaFormer-L2 {ms_a:7.2f} '
-                  f'ms, ConvNeXt-T {ms_b:7.2f} ms, ratio {ratio:.3f} '
-                  f'[{q1:.3f}, {q3:.3f}]')
+            times = time_rounds(models, x, args.rounds, dtype)
+            label = 'fp32' if dtype is None else 'fp16 autocast'
+            print(f'{label} batch {batch}: ConvNeXt-T '
+                  f'{statistics.median(times[-1]):.2f} ms')
+            for i, name in enumerate(names):
+                line = (f'  {name} {statistics.median(times[i]):.2f} ms, '
+                        f'/ ConvNeXt-T {_ratio(times[i], times[-1])}')
+                if i:
+                    line += f', / the first {_ratio(times[i], times[0])}'
+                print(line)
 
 
 if __name__ == '__main__':
