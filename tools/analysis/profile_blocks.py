@@ -109,7 +109,8 @@ class PartClock:
             for handle in self._handles:
                 handle.remove()
             for block in self._blocks:
-                del block.merge_and_enhance  # the class's method again
+                del block.merge_and_enhance  # the class's methods again
+                del block.forward_padded
             self._handles, self._blocks = [], []
             self._started.clear()
 
@@ -148,9 +149,19 @@ class PartClock:
             if stage in self._started:  # the plain model runs no stage
                 self.seconds['stage glue'] -= end - marks['start']
 
-        # An instance attribute: FcaBlock.forward calls it in place of the
-        # method until attached() deletes it.
+        forward_padded = block.forward_padded
+
+        def timed_forward_padded(*args):
+            start(block, args)
+            output = forward_padded(*args)
+            stop(block, args, output)
+            return output
+
+        # Instance attributes: FcaBlock's forwards call them in place of the
+        # methods (a padded stage calls forward_padded, not the module)
+        # until attached() deletes them.
         block.merge_and_enhance = timed_merge_and_enhance
+        block.forward_padded = timed_forward_padded
         self._blocks.append(block)
         self._handles += [
             block.register_forward_pre_hook(start),
