@@ -348,3 +348,19 @@ def reference_plain_forward(state: Dict,
             crosses.append(new)
     return F.layer_norm(tokens[:, 0], (tokens.shape[-1], ), w['norm0.weight'],
                         w['norm0.bias'], 1e-6)
+
+
+def perturb_weights(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Add noise to every weight and BN statistic of ``model`` in place
+    (variances and LSFs stay positive), so that equal outputs of two
+    computations mean equal computations, not identical initial values."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                noise = torch.randn(value.shape, generator=gen)
+                if name.endswith(('running_var', 'cross_scale')):
+                    value.copy_(1 + 0.3 * noise.abs())
+                else:
+                    value.add_(0.2 * noise)
+    return model
