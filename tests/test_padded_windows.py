@@ -136,3 +136,15 @@ def test_scripted_and_fx_traced_stages_serve_any_size():
             torch.testing.assert_close(
                 scripted(x), expected, rtol=0, atol=1e-12)
             torch.testing.assert_close(traced(x), expected, rtol=0, atol=1e-12)
+
+
+def test_indices_cached_under_inference_mode_serve_training():
+    """The window indices are cached per map size; those first made under
+    ``torch.inference_mode`` are ordinary tensors that autograd may save."""
+    stage = make_stage().eval()
+    x = torch.randn(1, CHANNELS, 11, 9, dtype=torch.float64)
+    with torch.inference_mode():
+        stage(x)
+    stage.train()
+    stage(x.requires_grad_()).sum().backward()
+    assert x.grad is not None

@@ -805,8 +805,12 @@ def _cached_padded_window_index(
         height: int, width: int, window_size: int, top_left: bool,
         device: torch.device
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`padded_window_index`, computed once per map size (eager)."""
-    return padded_window_index(height, width, window_size, top_left, device)
+    """:func:`padded_window_index`, computed once per map size (eager).
+    Made outside inference mode, so that a model first run under
+    ``torch.inference_mode`` can still be trained."""
+    with torch.inference_mode(False):
+        return padded_window_index(height, width, window_size, top_left,
+                                   device)
 
 
 class FcaStage(nn.Module):
