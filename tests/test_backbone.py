@@ -188,3 +188,28 @@ def test_last_block_of_a_stage_makes_no_cross_tokens():
     # Block i attends to i * ceil(14 / 4)^2 cross tokens.
     assert [b.attn.num_cross_tokens
             for b in blocks] == [16 * i for i in range(7)]
+
+
+def test_gradients_of_a_batch_are_the_mean_of_its_images():
+    """Training on a batch equals averaging per-image gradients, also when
+    a batch of one image is a single (padded) attention window (96x96:
+    stage maps 6x6 and 3x3 in windows of 14 and 7). A two-process run
+    relies on it."""
+    torch.manual_seed(0)
+    model = FcaFormer(
+        'l1',
+        out_indices=(0, 1, 2, 3),
+        layer_scale_init_value=1.0,
+        norm_eval=True).train()
+    x = torch.randn(2, 3, 96, 96)
+
+    def gradients(images):
+        model.zero_grad()
+        sum(o.pow(2).mean() for o in model(images)).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    both = gradients(x)
+    first, second = gradients(x[:1]), gradients(x[1:])
+    for name, grad in both.items():
+        torch.testing.assert_close(
+            grad, (first[name] + second[name]) / 2, msg=name)

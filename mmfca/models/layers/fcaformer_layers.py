@@ -911,6 +911,11 @@ class FcaStage(nn.Module):
         if self._whole_windows(pad_h, pad_w):
             tokens = self.run_blocks(window_partition(x, ws))
             return window_reverse(tokens, ws, height, width)
+        if torch.is_grad_enabled():
+            # Gradients through FcaBlock.forward_padded are wrong when the
+            # whole batch is one window (torch 2.14, CPU; the outputs are
+            # right), so anything that may differentiate pads per block.
+            return self._forward_per_block(x, pad_h, pad_w)
         batch, channels = x.shape[0], x.shape[1]
         # The real tokens in map order; each block pads and partitions
         # them by index (FcaBlock.forward_padded).
@@ -924,6 +929,29 @@ class FcaStage(nn.Module):
             if new_cross is not None:
                 cross_tokens.append(new_cross)
         return tokens.transpose(1, 2).reshape(batch, channels, height, width)
+
+    def _forward_per_block(self, x: torch.Tensor, pad_h: int,
+                           pad_w: int) -> torch.Tensor:
+        """The padded stage as the official code runs it: every block
+        pads the map, partitions it, runs on the windows and crops."""
+        height, width = x.shape[-2], x.shape[-1]
+        ws = self.window_size
+        padded_h, padded_w = height + pad_h, width + pad_w
+        cross_tokens: List[torch.Tensor] = []
+        for i, block in enumerate(self.blocks):
+            top_left = i % 2 == 0
+            pad = [pad_w, 0, pad_h, 0] if top_left else [0, pad_w, 0, pad_h]
+            tokens = window_partition(F.pad(x, pad), ws)
+            cross = torch.cat(cross_tokens, 1) if cross_tokens else None
+            tokens, new_cross = block(tokens, cross)
+            if new_cross is not None:
+                cross_tokens.append(new_cross)
+            x = window_reverse(tokens, ws, padded_h, padded_w)
+            if top_left:
+                x = x[:, :, pad_h:, pad_w:]
+            else:
+                x = x[:, :, :height, :width]
+        return x
 
     def _padded_indices(self, height: int, width: int, top_left: bool,
                         device: torch.device
