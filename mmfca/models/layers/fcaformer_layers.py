@@ -139,13 +139,15 @@ def parse_window_size(arch_settings: dict,
 
 
 def symbolic_shapes() -> bool:
-    """Whether the forward is being recorded rather than run: TorchScript
-    tracing (the legacy ONNX exporter), torch.export, or ``torch.fx``
-    symbolic tracing. Branching on feature-map sizes there would bake in
-    the recorded size or fail on symbolic values."""
+    """Whether the forward is being recorded for a graph that must serve
+    other sizes: an ONNX export (the legacy exporter traces), torch.export,
+    or ``torch.fx`` symbolic tracing. Branching on feature-map sizes there
+    would bake in the recorded size or fail on symbolic values. A plain
+    ``torch.jit.trace`` (MAC counters) records the path of its input's
+    size, as it records any control flow."""
     # A private torch function (verified with torch 2.14); torch's own
     # modules ask it the same question.
-    return (torch.jit.is_tracing() or torch.compiler.is_exporting()
+    return (torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
             or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
 
 
