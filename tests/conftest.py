@@ -15,6 +15,16 @@ import mmfca  # noqa: E402,F401  registers FcaFormer
 L2_DENSE_WIDTHS = (96, 192, 384, 768)
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """Undo a test's ``torch.set_num_threads`` (the benchmark tools set it):
+    CPU reductions depend on the thread count, so the bit-for-bit resume
+    tests compare runs that must use the same count as the shared runs."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope='session')
 def synthetic_ade(tmp_path_factory):
     """Synthetic ADE20K: 16 training and 4 validation images."""
