@@ -123,6 +123,24 @@ def test_training_with_drop_path_equals_the_official_padding(
     assert not torch.allclose(other, out)
 
 
+@pytest.mark.parametrize('size', [(5, 3), (9, 11)])
+def test_gradients_of_one_image_with_frozen_batchnorm(size):
+    """Training with frozen BatchNorm statistics (``norm_eval``) on one
+    image: at 5x3 the whole batch is one window. torch 2.14's CPU
+    BatchNorm computes wrong input gradients for the batch-1 gradient
+    layout that a transpose view gives, so this failed while the outputs
+    were right."""
+    stage = make_stage().eval()
+    x = torch.randn(1, CHANNELS, *size, dtype=torch.float64)
+    expected, expected_grads = run_with_gradients(
+        lambda s, t: official_stage(s, t), stage, x, seed=0)
+    out, grads = run_with_gradients(lambda s, t: s(t), stage, x, seed=0)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(
+            grads[name], grad, rtol=0, atol=1e-10, msg=name)
+
+
 def test_scripted_and_fx_traced_stages_serve_any_size():
     """TorchScript and torch.fx take the padded path with indices built
     from the input size: one graph for whole and padded windows."""

@@ -732,15 +732,34 @@ class FcaBlock(nn.Module):
         prefix = x[:, :self.num_prefix_tokens]
         x = x[:, self.num_prefix_tokens:]
         batch, _, channels = x.shape
-        fmap = x.transpose(1, 2).reshape(batch, channels, self.window_size,
-                                         self.window_size)
+        fmap = grid_to_map(x, self.window_size, self.window_size)
         new_cross: Optional[torch.Tensor] = None
         if self.cross_token_conv is not None:
-            new_cross = self.cross_token_conv(fmap).flatten(2).transpose(1, 2)
-        x = self.local_conv(fmap).flatten(2).transpose(1, 2)
+            new_cross = map_to_grid(self.cross_token_conv(fmap))
+        x = map_to_grid(self.local_conv(fmap))
         if self.num_prefix_tokens > 0:
             x = torch.cat((prefix, x), dim=1)
         return x, new_cross
+
+
+def grid_to_map(tokens: torch.Tensor, height: int,
+                width: int) -> torch.Tensor:
+    """``(B, H * W, C)`` tokens in row-major order -> a ``(B, C, H, W)``
+    map (a view, channels-last in memory).
+
+    Not ``tokens.transpose(1, 2).reshape(...)``: for one image that view
+    gets a batch stride of ``C``, and the CPU BatchNorm kernels of torch 2.14
+    compute wrong input gradients for gradients laid out so (the outputs
+    are right). Permuting keeps the usual channels-last strides.
+    """
+    return tokens.reshape(tokens.shape[0], height, width,
+                          tokens.shape[-1]).permute(0, 3, 1, 2)
+
+
+def map_to_grid(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, H * W, C)`` tokens, the inverse of
+    :func:`grid_to_map` (a view for a channels-last map)."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -913,15 +932,9 @@ class FcaStage(nn.Module):
         if self._whole_windows(pad_h, pad_w):
             tokens = self.run_blocks(window_partition(x, ws))
             return window_reverse(tokens, ws, height, width)
-        if torch.is_grad_enabled():
-            # Gradients through FcaBlock.forward_padded are wrong when the
-            # whole batch is one window (torch 2.14, CPU; the outputs are
-            # right), so anything that may differentiate pads per block.
-            return self._forward_per_block(x, pad_h, pad_w)
-        batch, channels = x.shape[0], x.shape[1]
         # The real tokens in map order; each block pads and partitions
         # them by index (FcaBlock.forward_padded).
-        tokens = x.flatten(2).transpose(1, 2)
+        tokens = map_to_grid(x)
         cross_tokens: List[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
             indices = self._padded_indices(height, width, i % 2 == 0, x.device)
@@ -930,30 +943,7 @@ class FcaStage(nn.Module):
                                                      indices[1], indices[2])
             if new_cross is not None:
                 cross_tokens.append(new_cross)
-        return tokens.transpose(1, 2).reshape(batch, channels, height, width)
-
-    def _forward_per_block(self, x: torch.Tensor, pad_h: int,
-                           pad_w: int) -> torch.Tensor:
-        """The padded stage as the official code runs it: every block
-        pads the map, partitions it, runs on the windows and crops."""
-        height, width = x.shape[-2], x.shape[-1]
-        ws = self.window_size
-        padded_h, padded_w = height + pad_h, width + pad_w
-        cross_tokens: List[torch.Tensor] = []
-        for i, block in enumerate(self.blocks):
-            top_left = i % 2 == 0
-            pad = [pad_w, 0, pad_h, 0] if top_left else [0, pad_w, 0, pad_h]
-            tokens = window_partition(F.pad(x, pad), ws)
-            cross = torch.cat(cross_tokens, 1) if cross_tokens else None
-            tokens, new_cross = block(tokens, cross)
-            if new_cross is not None:
-                cross_tokens.append(new_cross)
-            x = window_reverse(tokens, ws, padded_h, padded_w)
-            if top_left:
-                x = x[:, :, pad_h:, pad_w:]
-            else:
-                x = x[:, :, :height, :width]
-        return x
+        return grid_to_map(tokens, height, width)
 
     def _padded_indices(self, height: int, width: int, top_left: bool,
                         device: torch.device
