@@ -742,8 +742,7 @@ class FcaBlock(nn.Module):
         return x, new_cross
 
 
-def grid_to_map(tokens: torch.Tensor, height: int,
-                width: int) -> torch.Tensor:
+def grid_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``(B, H * W, C)`` tokens in row-major order -> a ``(B, C, H, W)``
     map (a view, channels-last in memory).
 
