@@ -136,6 +136,39 @@ def test_benchmark_ratios_are_paired_and_printed_with_their_spread(
     assert '1.000x B [1.000-1.250] (1.00-2.00)' in line
 
 
+def test_benchmark_sgemm_share_is_paired_per_round(benchmark, capsys):
+    """A model of 1 GMAC in 10 ms against a 1000-cubed product (1 GMAC)
+    in 5 ms runs at half the product's rate; the share is taken per round,
+    so a round where both slow down alike keeps it."""
+    times = {'M': [10., 20., 10.]}
+    shares = benchmark.sgemm_shares(times, [5., 10., 4.], {'M': 1.0}, 1000)
+    # Per-round shares 0.5, 0.5, 0.4.
+    assert shares['M']['median'] == pytest.approx(0.5)
+    assert shares['M']['min'] == pytest.approx(0.4)
+    # 2 GFLOP in 5, 10 and 4 ms: 400, 200 and 500 GFLOP/s.
+    assert shares[benchmark.SGEMM]['gflops']['median'] == pytest.approx(400)
+    benchmark.report_sgemm_shares(shares, 1000, 2)
+    out = capsys.readouterr().out
+    assert '400.0 GFLOP/s' in out and 'M ' in out and '50.0%' in out
+
+
+def test_benchmark_latency_table_reports_sgemm_shares(benchmark, tmp_path):
+    """A real latency run times the matrix product in its rounds and
+    counts both models' MACs."""
+    out = tmp_path / 'latency.json'
+    benchmark.main([
+        '--device', 'cpu', '--threads', '1', '--latency-only', '--models',
+        'FcaFormer-L1', 'ConvNeXt-T', '--repeat', '1', '--sgemm-size', '256',
+        '--out',
+        str(out)
+    ])
+    result = json.loads(out.read_text())
+    shares = result['sgemm_share']
+    assert set(shares) == {'FcaFormer-L1', 'ConvNeXt-T', benchmark.SGEMM}
+    assert all(shares[n]['median'] > 0 for n in ('FcaFormer-L1', 'ConvNeXt-T'))
+    assert benchmark.SGEMM not in result['classification_latency']
+
+
 def test_benchmark_best_runtime_of_each_model(benchmark, capsys):
     times = {
         'FcaFormer-L2 eager': [10., 12., 11.],

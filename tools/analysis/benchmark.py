@@ -50,7 +50,11 @@ Tables:
 * peak memory of a batch-1 224x224 forward (CUDA: allocator peak; CPU: the
   peak resident memory of a fresh process running it).
 
-``--latency-only`` runs just the batch-1 classification latency.
+``--latency-only`` runs just the batch-1 classification latency. On the
+CPU in float32, that table also gives each model's share of the machine's
+sgemm rate: its MACs (mmengine's counter) per second, divided by those of
+a square float32 matrix product (``--sgemm-size``) timed in the same
+rounds as one more call, as the median of the per-round shares.
 
 ``--train`` measures training instead: an iteration (forward in loss mode,
 backward, AdamW step; float32 unless ``--amp``) of UperNet with
@@ -112,6 +116,7 @@ CLASSIFIERS = {
     'Swin-T': 'mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py',
 }
 OFFICIAL = 'FcaFormer-L2 (official)'
+SGEMM = 'sgemm'
 SEGMENTORS = {
     'UperNet FcaFormer-L2':
     osp.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py'),
@@ -163,6 +168,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--latency-only',
         action='store_true',
         help='only the batch-1 classification latency')
+    parser.add_argument(
+        '--sgemm-size',
+        type=int,
+        default=1024,
+        help='side of the square float32 matrix product that the latency '
+        'table\'s sgemm share compares with (CPU, no --amp)')
     parser.add_argument(
         '--models',
         nargs='+',
@@ -524,20 +535,24 @@ def classification(args, repeat, results):
     models, macs = {}, {}
     for name, build in builders.items():
         model = build()
-        if not args.latency_only:
-            macs[name] = complexity(
-                copy.deepcopy(model), torch.randn(1, 3, 224,
-                                                  224))['macs'] / 1e9
+        macs[name] = complexity(
+            copy.deepcopy(model), torch.randn(1, 3, 224, 224))['macs'] / 1e9
         models[name] = prepare(model, device, args.compile)
 
     one = torch.randn(1, 3, 224, 224, device=device)
-    latency = summarize(
-        time_rounds({
-            n: forward_call(m, one)
-            for n, m in models.items()
-        }, device, 5, repeat, args.amp), references)
+    calls = {n: forward_call(m, one) for n, m in models.items()}
+    with_sgemm = torch.device(device).type == 'cpu' and args.amp is None
+    if with_sgemm:
+        calls[SGEMM] = sgemm_call(args.sgemm_size, device)
+    times = time_rounds(calls, device, 5, repeat, args.amp)
+    sgemm_times = times.pop(SGEMM, None)
+    latency = summarize(times, references)
     report('Classification latency, batch 1, 224x224', latency)
     results.update(classification_latency=latency)
+    if with_sgemm:
+        shares = sgemm_shares(times, sgemm_times, macs, args.sgemm_size)
+        report_sgemm_shares(shares, args.sgemm_size, args.threads)
+        results.update(sgemm_share=shares)
     if args.latency_only:
         return latency, macs
 
@@ -561,6 +576,51 @@ def classification(args, repeat, results):
         peak_memory=memory,
         gmacs_224=macs)
     return latency, macs
+
+
+def sgemm_call(size: int, device: str) -> Callable[[], object]:
+    """One float32 ``size x size`` matrix product, as a call."""
+    left = torch.randn(size, size, device=device)
+    right = torch.randn(size, size, device=device)
+    return functools.partial(torch.mm, left, right)
+
+
+def sgemm_shares(times: Dict[str, List[float]], sgemm_times: List[float],
+                 macs: Dict[str, float], size: int) -> Dict[str, dict]:
+    """Each model's MACs per second as a share of the matrix product's in
+    the same round (quartiles over the rounds), with the product's rate.
+
+    Args:
+        times (dict): Model name -> ms per round.
+        sgemm_times (list): ms of the ``size``-cubed product per round.
+        macs (dict): Model name -> GMACs of one forward.
+        size (int): Side of the product.
+    """
+    gmacs = size**3 / 1e9
+    shares = {
+        name:
+        quartiles([(macs[name] / model_ms) / (gmacs / sgemm_ms)
+                   for model_ms, sgemm_ms in zip(values, sgemm_times)])
+        for name, values in times.items()
+    }
+    shares[SGEMM] = dict(
+        gflops=quartiles([2 * gmacs / ms * 1000 for ms in sgemm_times]))
+    return shares
+
+
+def report_sgemm_shares(shares: Dict[str, dict], size: int,
+                        threads: int) -> None:
+    """Print :func:`sgemm_shares`."""
+    rate = shares[SGEMM]['gflops']
+    print(f'\nShare of the sgemm rate ({size}x{size}x{size} float32, '
+          f'{threads} threads: {rate["median"]:.1f} GFLOP/s '
+          f'[{rate["q1"]:.1f}-{rate["q3"]:.1f}]), batch 1, 224x224')
+    print('  (median of the per-round shares [quartiles] (min-max))')
+    for name, share in shares.items():
+        if name != SGEMM:
+            print(f'  {name:32s} {share["median"]:.1%} [{share["q1"]:.1%}-'
+                  f'{share["q3"]:.1%}] ({share["min"]:.1%}-'
+                  f'{share["max"]:.1%})')
 
 
 def backbones(args, repeat, results):
