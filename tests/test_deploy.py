@@ -8,6 +8,7 @@ import torch
 from mmfca.apis import build_model, load_config
 from mmfca.deployment import check_onnx, export_onnx
 from mmfca.models import FcaFormer
+from mmfca.models.layers.fcaformer_layers import FeedForward, linear_gelu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +34,54 @@ def test_switch_to_deploy_keeps_the_outputs():
         with torch.no_grad():
             for ref, out in zip(model(x), deployed(x)):
                 assert ((ref - out).abs().max() / ref.abs().max()) < 1e-5
+
+
+def called_ops(fn) -> set:
+    """Names of the operators ``fn()`` runs (torch's profiler)."""
+    with torch.profiler.profile() as prof:
+        fn()
+    return {event.key for event in prof.key_averages()}
+
+
+FUSED = 'mkldnn::_linear_pointwise'
+
+
+def test_deploy_fuses_linear_and_gelu_only_where_it_applies():
+    """Deployed CPU inference runs each channel MLP's first linear and its
+    GELU as one oneDNN call; gradients, autocast and recorded graphs (the
+    MAC counters' trace) keep torch's two calls."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 128)
+    x = torch.randn(2, 49, 32)
+    with torch.no_grad():
+        expected = torch.nn.functional.gelu(linear(x))
+        assert FUSED in called_ops(
+            lambda: linear_gelu(x, linear.weight, linear.bias, True))
+        assert FUSED not in called_ops(
+            lambda: linear_gelu(x, linear.weight, linear.bias, False))
+        torch.testing.assert_close(
+            linear_gelu(x, linear.weight, linear.bias, True),
+            expected,
+            rtol=1e-5,
+            atol=1e-6)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert linear_gelu(x, linear.weight, linear.bias,
+                               True).dtype == torch.bfloat16
+        ffn = FeedForward(32, 128)
+        ffn.fused_linear_gelu = True
+        graph = str(torch.jit.trace(ffn, x).inlined_graph)
+        assert 'mkldnn' not in graph and 'aten::gelu' in graph
+    out = linear_gelu(x, linear.weight, linear.bias, True)
+    assert out.grad_fn is not None
+    out.sum().backward()
+    assert linear.weight.grad is not None
+
+    model = trained_like('l1', out_indices=(0, 1, 2, 3))
+    deployed = copy.deepcopy(model).switch_to_deploy()
+    image = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert FUSED in called_ops(lambda: deployed(image))
+        assert FUSED not in called_ops(lambda: model(image))
 
 
 def test_torch_compile_traces_without_graph_breaks():
