@@ -7,6 +7,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmfca.models import FcaFormer
+from mmfca.models.layers.fcaformer_layers import LearnedBiasAttention
 
 # The hybrid archs (the plain 'l0' is tested with the classifiers).
 WIDTHS = {
@@ -213,3 +214,48 @@ def test_gradients_of_a_batch_are_the_mean_of_its_images():
     for name, grad in both.items():
         torch.testing.assert_close(
             grad, (first[name] + second[name]) / 2, msg=name)
+
+
+def test_learned_bias_attention_gradients_are_the_math_paths():
+    """The fused-forward, recomputing-backward attention used in CPU
+    training gives the gradients of the attention formula written out
+    (torch autograd through matmul and softmax), the bias gradient summed
+    over the batch it was broadcast to."""
+    torch.manual_seed(0)
+
+    def formula(q, k, v, bias):
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias
+        return scores.softmax(-1) @ v
+
+    # A batch of 3 windows shares the bias; a batch of one does not
+    # broadcast it.
+    for batch in (3, 1):
+        q, k, v = (
+            torch.randn(
+                batch, 2, n, 4, dtype=torch.float64, requires_grad=True)
+            for n in (5, 7, 7))
+        bias = torch.randn(1, 2, 5, 7, dtype=torch.float64, requires_grad=True)
+        weights = torch.randn(batch, 2, 5, 4, dtype=torch.float64)
+
+        def grads(fn):
+            out = fn(q, k, v, bias)
+            return (out, ) + torch.autograd.grad((out * weights).sum(),
+                                                 (q, k, v, bias))
+
+        expected = grads(formula)
+        for got, want in zip(grads(LearnedBiasAttention.apply), expected):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        assert torch.autograd.gradcheck(LearnedBiasAttention.apply,
+                                        (q, k, v, bias))
+    # Training FcaFormer on the CPU goes through it, once per FcaBlock.
+    model = FcaFormer('l1', out_indices=(3, )).train()
+    out = model(torch.randn(1, 3, 64, 64))[0]
+    seen, stack, names = set(), [out.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    assert names.count('LearnedBiasAttentionBackward') == 8  # 6 + 2 blocks

@@ -417,6 +417,64 @@ def resize_token_grids(values: torch.Tensor, blocks: int,
     return grid.reshape(*lead, blocks * side * side).to(values.dtype)
 
 
+class LearnedBiasAttention(torch.autograd.Function):
+    """Attention with an additive bias that is being learned, trained
+    through torch's fused attention kernel.
+
+    On the CPU, :func:`~torch.nn.functional.scaled_dot_product_attention`
+    has no fused kernel for a mask that needs a gradient (torch 2.14), so
+    training falls back to its math path, which keeps every block's
+    attention probabilities for the backward pass. Here the forward is the
+    fused kernel and the backward recomputes the probabilities of one block
+    at a time: the saved tensors are the inputs and the output.
+
+    ``apply(q, k, v, bias)``: ``q`` ``(B, heads, N, d)``, ``k`` and ``v``
+    ``(B, heads, M, d)``, ``bias`` broadcastable to ``(B, heads, N, M)``.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:
+        # Detached: torch picks the math path for any input that requires a
+        # gradient, even with autograd off.
+        out = F.scaled_dot_product_attention(
+            q.detach(), k.detach(), v.detach(), attn_mask=bias.detach())
+        ctx.save_for_backward(q, k, v, bias, out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        q, k, v, bias, out = ctx.saved_tensors
+        scale = q.shape[-1]**-0.5
+        scores = torch.matmul(q * scale, k.transpose(-2, -1)).add_(bias)
+        probs = torch.softmax(scores, dim=-1)
+        del scores
+        grad_v = torch.matmul(probs.transpose(-2, -1), grad_out)
+        # Softmax backward, P * (dP - rowsum(dP * P)), where
+        # rowsum(dP * P) = rowsum(dO * O).
+        grad_scores = torch.matmul(grad_out, v.transpose(-2, -1))
+        grad_scores.sub_((grad_out * out).sum(-1, keepdim=True)).mul_(probs)
+        del probs
+        grad_q = torch.matmul(grad_scores, k).mul_(scale)
+        grad_k = torch.matmul(grad_scores.transpose(-2, -1), q).mul_(scale)
+        return grad_q, grad_k, grad_v, grad_scores.sum_to_size(bias.shape)
+
+
+def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     bias: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + bias) v``: torch's fused kernel, through
+    :class:`LearnedBiasAttention` where the bias is trained on the CPU
+    (eager); recorded graphs keep the plain call."""
+    if not torch.jit.is_scripting():
+        recorded = symbolic_shapes() or torch.jit.is_tracing() or \
+            torch.compiler.is_compiling()
+        if not recorded and torch.is_grad_enabled() and \
+                bias.requires_grad and q.device.type == 'cpu':
+            return LearnedBiasAttention.apply(q, k, v, bias)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
 class ForwardCrossAttention(nn.Module):
     """Multi-head attention of the regular tokens over themselves and over
     the cross tokens of earlier blocks.
@@ -568,8 +626,7 @@ class ForwardCrossAttention(nn.Module):
                 F.linear(cross, kv_weight, kv_bias), 2).unbind(0)
             k = torch.cat((k, cross_k), dim=2)
             v = torch.cat((v, cross_v), dim=2)
-        x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=self.attention_bias().to(q.dtype))
+        x = biased_attention(q, k, v, self.attention_bias().to(q.dtype))
         x = x.transpose(1, 2).reshape(batch, length, channels)
         return self.proj(x)
 
