@@ -7,7 +7,8 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmfca.models import FcaFormer
-from mmfca.models.layers.fcaformer_layers import LearnedBiasAttention
+from mmfca.models.layers.fcaformer_layers import (GeluLinear,
+                                                  LearnedBiasAttention)
 
 # The hybrid archs (the plain 'l0' is tested with the classifiers).
 WIDTHS = {
@@ -216,6 +217,19 @@ def test_gradients_of_a_batch_are_the_mean_of_its_images():
             grad, (first[name] + second[name]) / 2, msg=name)
 
 
+def autograd_node_names(output: torch.Tensor) -> list:
+    """The class names of the autograd graph's nodes behind ``output``."""
+    seen, stack, names = set(), [output.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
 def test_learned_bias_attention_gradients_are_the_math_paths():
     """The fused-forward, recomputing-backward attention used in CPU
     training gives the gradients of the attention formula written out
@@ -249,13 +263,34 @@ def test_learned_bias_attention_gradients_are_the_math_paths():
                                         (q, k, v, bias))
     # Training FcaFormer on the CPU goes through it, once per FcaBlock.
     model = FcaFormer('l1', out_indices=(3, )).train()
-    out = model(torch.randn(1, 3, 64, 64))[0]
-    seen, stack, names = set(), [out.grad_fn], []
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.append(type(node).__name__)
-        stack.extend(next_node for next_node, _ in node.next_functions)
+    names = autograd_node_names(model(torch.randn(1, 3, 64, 64))[0])
     assert names.count('LearnedBiasAttentionBackward') == 8  # 6 + 2 blocks
+
+
+def test_channel_mlps_train_without_keeping_the_gelu_output():
+    """GeluLinear gives the gradients of ``fc2(GELU(h))`` written out
+    (torch autograd), also for a frozen ``fc2`` and no bias, and every
+    channel MLP of a training FcaFormer goes through it."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 5, 3, dtype=torch.float64)
+    for inputs in [(hidden, weight, bias), (hidden, weight, None),
+                   (hidden, weight.detach(), bias)]:
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+
+        def grads(fn):
+            out = fn(*inputs)
+            return (out, ) + torch.autograd.grad((out * weights).sum(), wanted)
+
+        expected = grads(lambda h, w, b: torch.nn.functional.linear(
+            torch.nn.functional.gelu(h), w, b))
+        for got, want in zip(grads(GeluLinear.apply), expected):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+        assert torch.autograd.gradcheck(GeluLinear.apply, inputs)
+
+    model = FcaFormer('l1', out_indices=(3, )).train()
+    names = autograd_node_names(model(torch.randn(1, 3, 64, 64))[0])
+    # 2 + 2 ConvNeXt blocks and 6 + 2 FcaBlocks.
+    assert names.count('GeluLinearBackward') == 12

@@ -151,6 +151,25 @@ def symbolic_shapes() -> bool:
             or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
 
 
+def records_graph() -> bool:
+    """Whether the forward is being recorded rather than run: export, FX,
+    ``torch.jit.trace`` or ``torch.compile``. Recorded graphs get plain
+    torch calls, which their tools know."""
+    return symbolic_shapes() or torch.jit.is_tracing() or \
+        torch.compiler.is_compiling()
+
+
+def eager_training(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a call on ``x`` trains ``weight`` in eager mode outside
+    autocast, where mmfca's memory-saving autograd functions apply."""
+    if records_graph() or not torch.is_grad_enabled():
+        return False
+    device = x.device.type
+    return weight.requires_grad and not (
+        torch.amp.is_autocast_available(device)
+        and torch.is_autocast_enabled(device))
+
+
 def init_fcaformer_weights(module: nn.Module) -> None:
     """The official initialisation, for ``model.apply``: truncated normal
     (std 0.02) for conv and linear weights, zero biases, unit LayerNorms.
@@ -174,8 +193,7 @@ def onednn_linear_gelu_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     call."""
     # torch.ops.mkldnn._linear_pointwise is the private op that inductor
     # fuses CPU linear-GELU pairs into (verified with torch 2.14.1).
-    if symbolic_shapes() or torch.jit.is_tracing() or \
-            torch.compiler.is_compiling():
+    if records_graph():
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False
@@ -199,6 +217,61 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'gelu',
                                                       [], 'none')
     return F.gelu(F.linear(x, weight, bias))
+
+
+class GeluLinear(torch.autograd.Function):
+    """``F.linear(GELU(hidden), weight, bias)`` that keeps ``hidden`` for
+    the backward pass and recomputes the GELU there, so that a channel MLP
+    holds one hidden-width tensor during training, not two (autograd keeps
+    both the GELU's input and output otherwise).
+
+    ``apply(hidden, weight, bias)``; ``bias`` may be None.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor,
+                bias: Optional[torch.Tensor]) -> torch.Tensor:
+        ctx.save_for_backward(hidden, weight)
+        return F.linear(F.gelu(hidden), weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        hidden, weight = ctx.saved_tensors
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad
+        flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_hidden = grad_weight = grad_bias = None
+        if need_weight:
+            grad_weight = flat_grad.t().matmul(
+                F.gelu(hidden).reshape(-1, hidden.shape[-1]))
+        if need_bias:
+            grad_bias = flat_grad.sum(0)
+        if need_hidden:
+            grad_hidden = torch.ops.aten.gelu_backward(
+                grad_out.matmul(weight), hidden)
+        return grad_hidden, grad_weight, grad_bias
+
+
+def channel_mlp(x: torch.Tensor, fc1: Tuple[torch.Tensor,
+                                            Optional[torch.Tensor]],
+                fc2: Tuple[torch.Tensor, Optional[torch.Tensor]],
+                fused: bool) -> torch.Tensor:
+    """``fc2(GELU(fc1(x)))`` over the last dimension: the ConvNeXt blocks'
+    and the FFNs' MLP.
+
+    Args:
+        x (torch.Tensor): Channels-last input.
+        fc1 (tuple): Weight and bias of the widening linear layer.
+        fc2 (tuple): Weight and bias of the narrowing linear layer.
+        fused (bool): Deploy mode: ``fc1`` and the GELU as one call where
+            :func:`linear_gelu` can. In training outside autocast the
+            GELU's output is not kept but recomputed (:class:`GeluLinear`).
+    """
+    if not torch.jit.is_scripting():
+        if eager_training(x, fc2[0]):
+            return GeluLinear.apply(
+                F.linear(x, fc1[0], fc1[1]), fc2[0], fc2[1])
+    return F.linear(linear_gelu(x, fc1[0], fc1[1], fused), fc2[0], fc2[1])
 
 
 class ConvBN(nn.Module):
@@ -341,10 +414,11 @@ class ConvNeXtBlock(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.depthwise_conv(x).permute(0, 2, 3, 1)
-        branch = self.pointwise_conv2(
-            linear_gelu(
-                self.norm(branch), self.pointwise_conv1.weight,
-                self.pointwise_conv1.bias, self.fused_linear_gelu))
+        branch = channel_mlp(
+            self.norm(branch),
+            (self.pointwise_conv1.weight, self.pointwise_conv1.bias),
+            (self.pointwise_conv2.weight, self.pointwise_conv2.bias),
+            self.fused_linear_gelu)
         if self.gamma is not None:
             branch = branch * self.gamma
         return x + self.drop_path(branch.permute(0, 3, 1, 2))
@@ -467,10 +541,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     :class:`LearnedBiasAttention` where the bias is trained on the CPU
     (eager); recorded graphs keep the plain call."""
     if not torch.jit.is_scripting():
-        recorded = symbolic_shapes() or torch.jit.is_tracing() or \
-            torch.compiler.is_compiling()
-        if not recorded and torch.is_grad_enabled() and \
-                bias.requires_grad and q.device.type == 'cpu':
+        if eager_training(q, bias) and q.device.type == 'cpu':
             return LearnedBiasAttention.apply(q, k, v, bias)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
@@ -653,10 +724,9 @@ class FeedForward(nn.Module):
         self.fused_linear_gelu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(
-            linear_gelu(
-                self.norm(x), self.fc1.weight, self.fc1.bias,
-                self.fused_linear_gelu))
+        return channel_mlp(
+            self.norm(x), (self.fc1.weight, self.fc1.bias),
+            (self.fc2.weight, self.fc2.bias), self.fused_linear_gelu)
 
 
 class FcaBlock(nn.Module):
