@@ -169,6 +169,19 @@ def test_deploy_mode_runs_on_meta():
                                            (384, 18, 6), (768, 9, 3)]
 
 
+def test_training_step_runs_on_meta():
+    """A float32 training forward and backward, where the memory-saving
+    autograd functions (GeluLinear; LearnedBiasAttention is CPU-only) run
+    as they would on a GPU: every gradient lands on the model's device."""
+    model = FcaFormer(
+        'l2', out_indices=(0, 1, 2, 3),
+        out_channels=L2_DENSE_WIDTHS).train().to(META)
+    outs = model(torch.zeros(*FP16_INPUT, device=META))
+    sum(out.sum() for out in outs).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert len(grads) > 0 and on_meta(grads)
+
+
 def test_benchmark_moves_models_and_inputs_to_its_device(tmp_path):
     """The benchmark on ``--device meta``: any model or input it left on
     the CPU would make a forward fail, as it would with ``--device cuda``.
