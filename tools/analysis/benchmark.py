@@ -3,7 +3,8 @@ official FcaFormer code, measured side by side in one run on one machine.
 
     python tools/analysis/benchmark.py [--device cpu] [--threads 2]
         [--mode deploy|eval] [--amp fp16|bf16] [--repeat 20] [--quick]
-        [--latency-only] [--models FcaFormer-L2 ConvNeXt-T ...]
+        [--latency-only] [--sgemm-size 1024]
+        [--models FcaFormer-L2 ConvNeXt-T ...]
         [--compile] [--official PATH_TO_OFFICIAL_REPO]
         [--dense-windows 16,8 ...] [--dense-only]
         [--out work_dirs/benchmark.json] [--plot work_dirs/benchmark.png]
