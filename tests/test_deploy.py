@@ -8,7 +8,7 @@ import torch
 from mmfca.apis import build_model, load_config
 from mmfca.deployment import check_onnx, export_onnx
 from mmfca.models import FcaFormer
-from mmfca.models.layers.fcaformer_layers import FeedForward, linear_gelu
+from mmfca.models.layers.fcaformer_layers import FeedForward, linear
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,51 +36,58 @@ def test_switch_to_deploy_keeps_the_outputs():
                 assert ((ref - out).abs().max() / ref.abs().max()) < 1e-5
 
 
-def called_ops(fn) -> set:
-    """Names of the operators ``fn()`` runs (torch's profiler)."""
+def called_ops(fn) -> dict:
+    """Names of the operators ``fn()`` runs, with their call counts
+    (torch's profiler)."""
     with torch.profiler.profile() as prof:
         fn()
-    return {event.key for event in prof.key_averages()}
+    return {event.key: event.count for event in prof.key_averages()}
 
 
 FUSED = 'mkldnn::_linear_pointwise'
 
 
-def test_deploy_fuses_linear_and_gelu_only_where_it_applies():
-    """Deployed CPU inference runs each channel MLP's first linear and its
-    GELU as one oneDNN call; gradients, autocast and recorded graphs (the
-    MAC counters' trace) keep torch's two calls."""
+def test_deploy_runs_linear_layers_as_onednn_calls_only_where_they_apply():
+    """Deployed CPU inference runs each linear layer as one oneDNN call,
+    the first of each channel MLP with its GELU; gradients, autocast and
+    recorded graphs (the MAC counters' trace) keep torch's calls."""
     torch.manual_seed(0)
-    linear = torch.nn.Linear(32, 128)
+    layer = torch.nn.Linear(32, 128)
     x = torch.randn(2, 49, 32)
     with torch.no_grad():
-        expected = torch.nn.functional.gelu(linear(x))
-        assert FUSED in called_ops(
-            lambda: linear_gelu(x, linear.weight, linear.bias, True))
-        assert FUSED not in called_ops(
-            lambda: linear_gelu(x, linear.weight, linear.bias, False))
-        torch.testing.assert_close(
-            linear_gelu(x, linear.weight, linear.bias, True),
-            expected,
-            rtol=1e-5,
-            atol=1e-6)
+        for gelu in (True, False):
+            expected = layer(x)
+            if gelu:
+                expected = torch.nn.functional.gelu(expected)
+            assert FUSED in called_ops(
+                lambda: linear(x, layer.weight, layer.bias, True, gelu))
+            assert FUSED not in called_ops(
+                lambda: linear(x, layer.weight, layer.bias, False, gelu))
+            torch.testing.assert_close(
+                linear(x, layer.weight, layer.bias, True, gelu),
+                expected,
+                rtol=1e-5,
+                atol=1e-6)
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            assert linear_gelu(x, linear.weight, linear.bias,
-                               True).dtype == torch.bfloat16
+            out = linear(x, layer.weight, layer.bias, True, gelu=True)
+            assert out.dtype == torch.bfloat16
         ffn = FeedForward(32, 128)
-        ffn.fused_linear_gelu = True
+        ffn.fused_linears = True
         graph = str(torch.jit.trace(ffn, x).inlined_graph)
         assert 'mkldnn' not in graph and 'aten::gelu' in graph
-    out = linear_gelu(x, linear.weight, linear.bias, True)
+    out = linear(x, layer.weight, layer.bias, True, gelu=True)
     assert out.grad_fn is not None
     out.sum().backward()
-    assert linear.weight.grad is not None
+    assert layer.weight.grad is not None
 
     model = trained_like('l1', out_indices=(0, 1, 2, 3))
     deployed = copy.deepcopy(model).switch_to_deploy()
     image = torch.randn(1, 3, 96, 96)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in deployed.modules())
+    assert linears == 8 + 8 * 4  # 4 ConvNeXt blocks' 2, 8 FcaBlocks' 4
     with torch.no_grad():
-        assert FUSED in called_ops(lambda: deployed(image))
+        # Every linear layer, fused with its GELU or alone, is one call.
+        assert called_ops(lambda: deployed(image))[FUSED] == linears
         assert FUSED not in called_ops(lambda: model(image))
 
 

@@ -187,12 +187,14 @@ def init_fcaformer_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def onednn_linear_gelu_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :func:`linear_gelu` may make one oneDNN call: float32
+def onednn_linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a linear layer (:func:`linear`)
+    may run as one oneDNN call: float32
     inference on the CPU, eager, outside autocast, where torch has the
     call."""
     # torch.ops.mkldnn._linear_pointwise is the private op that inductor
-    # fuses CPU linear-GELU pairs into (verified with torch 2.14.1).
+    # lowers CPU linear layers and linear-GELU pairs to (verified with
+    # torch 2.14.1).
     if records_graph():
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
@@ -204,19 +206,51 @@ def onednn_linear_gelu_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
 
 
-def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
-                bias: Optional[torch.Tensor], fused: bool) -> torch.Tensor:
-    """``GELU(F.linear(x, weight, bias))`` (exact GELU), as one oneDNN call
-    when ``fused`` and :func:`onednn_linear_gelu_applies` (deploy mode sets
-    ``fused``): the GELU is applied while the product is still in cache,
-    which takes 0.4-0.9x the time of the two calls on a CPU. Recorded graphs
-    (export, FX, tracing, compile), TorchScript and training get the two
-    calls."""
+def linear(x: torch.Tensor,
+           weight: torch.Tensor,
+           bias: Optional[torch.Tensor],
+           fused: bool,
+           gelu: bool = False) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, followed by an exact GELU if ``gelu``:
+    one oneDNN call when ``fused`` (deploy mode) and
+    :func:`onednn_linear_applies`, two torch calls otherwise (recorded
+    graphs, TorchScript, training, other devices and dtypes).
+
+    On the CPU at batch 1 the oneDNN call takes 0.4-0.95x the time of
+    torch's: it applies the GELU while the product is still in cache, and
+    for FcaFormer's small products (49 to 3136 rows) its matrix product is
+    faster than the BLAS call behind ``F.linear``, which also first copies
+    the bias into every output row.
+    """
     if not torch.jit.is_scripting():
-        if fused and onednn_linear_gelu_applies(x, weight):
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'gelu',
-                                                      [], 'none')
-    return F.gelu(F.linear(x, weight, bias))
+        if fused and onednn_linear_applies(x, weight):
+            return torch.ops.mkldnn._linear_pointwise(
+                x, weight, bias, 'gelu' if gelu else 'none', [],
+                'none' if gelu else '')
+    x = F.linear(x, weight, bias)
+    return F.gelu(x) if gelu else x
+
+
+class InferenceLinear(nn.Linear):
+    """``nn.Linear`` that runs as one oneDNN call where
+    :func:`onednn_linear_applies` (:func:`linear`); deploy mode swaps it
+    in. Elsewhere it is ``nn.Linear``.
+    """
+
+    @classmethod
+    def sharing(cls, linear: nn.Linear) -> 'InferenceLinear':
+        """An InferenceLinear with the parameters of ``linear`` (shared)."""
+        module = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device='meta')
+        module.weight = linear.weight
+        module.bias = linear.bias
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, fused=True)
 
 
 class GeluLinear(torch.autograd.Function):
@@ -263,15 +297,17 @@ def channel_mlp(x: torch.Tensor, fc1: Tuple[torch.Tensor,
         x (torch.Tensor): Channels-last input.
         fc1 (tuple): Weight and bias of the widening linear layer.
         fc2 (tuple): Weight and bias of the narrowing linear layer.
-        fused (bool): Deploy mode: ``fc1`` and the GELU as one call where
-            :func:`linear_gelu` can. In training outside autocast the
-            GELU's output is not kept but recomputed (:class:`GeluLinear`).
+        fused (bool): Deploy mode: ``fc1`` with the GELU, and ``fc2``, as
+            one call each where :func:`linear` can. In training outside
+            autocast the GELU's output is not kept but recomputed
+            (:class:`GeluLinear`).
     """
     if not torch.jit.is_scripting():
         if eager_training(x, fc2[0]):
             return GeluLinear.apply(
                 F.linear(x, fc1[0], fc1[1]), fc2[0], fc2[1])
-    return F.linear(linear_gelu(x, fc1[0], fc1[1], fused), fc2[0], fc2[1])
+    hidden = linear(x, fc1[0], fc1[1], fused, gelu=True)
+    return linear(hidden, fc2[0], fc2[1], fused)
 
 
 class ConvBN(nn.Module):
@@ -403,9 +439,9 @@ class ConvNeXtBlock(nn.Module):
         self.norm = nn.LayerNorm(channels, eps=1e-6)
         self.pointwise_conv1 = nn.Linear(channels, 4 * channels)
         self.pointwise_conv2 = nn.Linear(4 * channels, channels)
-        #: Deploy mode: the first channel linear and its GELU in one call
-        #: (:func:`linear_gelu`).
-        self.fused_linear_gelu = False
+        #: Deploy mode: each linear layer of the MLP (the first with its
+        #: GELU) as one call (:func:`linear`).
+        self.fused_linears = False
         self.gamma = nn.Parameter(
             torch.full((channels, ), float(layer_scale_init_value))
         ) if layer_scale_init_value > 0 else None
@@ -418,7 +454,7 @@ class ConvNeXtBlock(nn.Module):
             self.norm(branch),
             (self.pointwise_conv1.weight, self.pointwise_conv1.bias),
             (self.pointwise_conv2.weight, self.pointwise_conv2.bias),
-            self.fused_linear_gelu)
+            self.fused_linears)
         if self.gamma is not None:
             branch = branch * self.gamma
         return x + self.drop_path(branch.permute(0, 3, 1, 2))
@@ -719,14 +755,14 @@ class FeedForward(nn.Module):
         self.norm = nn.LayerNorm(embed_dims)
         self.fc1 = nn.Linear(embed_dims, hidden_dims)
         self.fc2 = nn.Linear(hidden_dims, embed_dims)
-        #: Deploy mode: ``fc1`` and its GELU in one call
-        #: (:func:`linear_gelu`).
-        self.fused_linear_gelu = False
+        #: Deploy mode: ``fc1`` with its GELU, and ``fc2``, as one call
+        #: each (:func:`linear`).
+        self.fused_linears = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return channel_mlp(
             self.norm(x), (self.fc1.weight, self.fc1.bias),
-            (self.fc2.weight, self.fc2.bias), self.fused_linear_gelu)
+            (self.fc2.weight, self.fc2.bias), self.fused_linears)
 
 
 class FcaBlock(nn.Module):
@@ -1248,9 +1284,10 @@ def add_class_token(patches: torch.Tensor, cls_token: torch.Tensor,
 def fold_for_inference(model: nn.Module) -> nn.Module:
     """Deploy mode, as LeViT and RepVGG have it: every conv-BN pair of
     ``model`` becomes one convolution, every attention precomputes its
-    bias mask, and the first linear of every channel MLP is fused with its
-    GELU where it runs on a CPU (:func:`linear_gelu`). Outputs equal
-    eval-mode outputs up to float rounding.
+    bias mask, and every linear layer (the first of each channel MLP with
+    its GELU) runs as one oneDNN call where it runs on a CPU
+    (:func:`linear`). Outputs equal eval-mode outputs up to float
+    rounding.
 
     Returns:
         nn.Module: ``model``, in eval mode.
@@ -1260,8 +1297,10 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
         for name, child in list(module.named_children()):
             if isinstance(child, ConvBN):
                 setattr(module, name, child.fuse())
+            elif type(child) is nn.Linear:
+                setattr(module, name, InferenceLinear.sharing(child))
         if isinstance(module, ForwardCrossAttention):
             module.precompute_bias()
         if isinstance(module, (ConvNeXtBlock, FeedForward)):
-            module.fused_linear_gelu = True
+            module.fused_linears = True
     return model
