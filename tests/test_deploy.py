@@ -1,5 +1,6 @@
 """Deploy mode, torch.compile and ONNX export."""
 import copy
+import itertools
 import os
 
 import pytest
@@ -54,17 +55,19 @@ def test_deploy_runs_linear_layers_as_onednn_calls_only_where_they_apply():
     torch.manual_seed(0)
     layer = torch.nn.Linear(32, 128)
     x = torch.randn(2, 49, 32)
+    # A strided input (a transposed view) too.
+    inputs = [x, torch.randn(2, 32, 49).transpose(1, 2)]
     with torch.no_grad():
-        for gelu in (True, False):
-            expected = layer(x)
+        for gelu, tokens in itertools.product((True, False), inputs):
+            expected = layer(tokens)
             if gelu:
                 expected = torch.nn.functional.gelu(expected)
             assert FUSED in called_ops(
-                lambda: linear(x, layer.weight, layer.bias, True, gelu))
+                lambda: linear(tokens, layer.weight, layer.bias, True, gelu))
             assert FUSED not in called_ops(
-                lambda: linear(x, layer.weight, layer.bias, False, gelu))
+                lambda: linear(tokens, layer.weight, layer.bias, False, gelu))
             torch.testing.assert_close(
-                linear(x, layer.weight, layer.bias, True, gelu),
+                linear(tokens, layer.weight, layer.bias, True, gelu),
                 expected,
                 rtol=1e-5,
                 atol=1e-6)
