@@ -26,8 +26,8 @@ from timm.models._features import feature_take_indices
 from ..utils.serialization import checkpoint_globals
 from ..utils.versions import check_verified
 from .layers.fcaformer_layers import (add_class_token, build_fcaformer_layers,
-                                      init_fcaformer_weights, parse_arch,
-                                      parse_window_size,
+                                      grid_to_map, init_fcaformer_weights,
+                                      parse_arch, parse_window_size,
                                       set_grad_checkpointing)
 from .utils.checkpoint import (check_backbone_coverage,
                                convert_official_state_dict, is_official_layout,
@@ -394,7 +394,7 @@ class PlainFcaFormerClassifier(nn.Module):
             out = self.norm(outputs[i]) if norm else outputs[i]
             out = out[:, self.num_prefix_tokens:]
             if output_fmt == 'NCHW':
-                out = out.transpose(1, 2).reshape(out.shape[0], -1, grid, grid)
+                out = grid_to_map(out, grid, grid)
             intermediates.append(out)
         if intermediates_only:
             return intermediates

@@ -238,15 +238,15 @@ class InferenceLinear(nn.Linear):
     """
 
     @classmethod
-    def sharing(cls, linear: nn.Linear) -> 'InferenceLinear':
-        """An InferenceLinear with the parameters of ``linear`` (shared)."""
+    def sharing(cls, layer: nn.Linear) -> 'InferenceLinear':
+        """An InferenceLinear with the parameters of ``layer`` (shared)."""
         module = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
+            layer.in_features,
+            layer.out_features,
+            bias=layer.bias is not None,
             device='meta')
-        module.weight = linear.weight
-        module.bias = linear.bias
+        module.weight = layer.weight
+        module.bias = layer.bias
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -1275,7 +1275,7 @@ def add_class_token(patches: torch.Tensor, cls_token: torch.Tensor,
         cls_token (torch.Tensor): ``(1, 1, C)``.
         pos_embed (torch.Tensor): ``(1, 1 + H * W, C)``.
     """
-    tokens = patches.flatten(2).transpose(1, 2)
+    tokens = map_to_grid(patches)
     cls_tokens = cls_token.expand(tokens.shape[0], -1, -1)
     return torch.cat((cls_tokens, tokens), dim=1) + pos_embed
 
