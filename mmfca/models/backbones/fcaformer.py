@@ -328,8 +328,9 @@ class FcaFormer(BaseModule):
     @torch.no_grad()
     def switch_to_deploy(self) -> 'FcaFormer':
         """Prepare for inference, as mmpretrain's LeViT and RepVGG do: fold
-        every conv + BatchNorm pair into one convolution and precompute the
-        attention bias masks
+        every conv + BatchNorm pair into one convolution, precompute the
+        attention bias masks and run the linear layers as oneDNN calls on
+        the CPU
         (:func:`~mmfca.models.layers.fcaformer_layers.fold_for_inference`).
         Outputs equal eval-mode outputs (up to float rounding); the model
         can no longer be trained or load checkpoints.
