@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from mmfca.models import FcaFormer
-from mmfca.models.layers import FcaBlock, FcaStage
+from mmfca.models.layers import FcaBlock, FcaStage, init_fcaformer_weights
 
 PARTS = ('stem', 'ConvNeXt stages', 'downsample', 'attention', 'TME', 'FFN',
          'stage glue', 'output norms')
@@ -191,7 +191,9 @@ def main():
         args.arch,
         out_indices=tuple(range(stages)),
         window_size=args.window_size)
-    model.init_weights()
+    # The official initialisation (FcaFormer's default init_cfg) without
+    # mmengine's per-parameter log.
+    model.apply(init_fcaformer_weights)
     model.switch_to_deploy()
     baseline = convnext_t()
     x = torch.randn(args.batch, 3, *args.shape)
