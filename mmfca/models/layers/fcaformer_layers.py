@@ -187,23 +187,23 @@ def init_fcaformer_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+# torch.ops.mkldnn._linear_pointwise is the private op that inductor lowers
+# CPU linear layers and linear-GELU pairs to (verified with torch 2.14.1).
+ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, '_linear_pointwise')
+
+
 def onednn_linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a linear layer (:func:`linear`)
-    may run as one oneDNN call: float32
-    inference on the CPU, eager, outside autocast, where torch has the
-    call."""
-    # torch.ops.mkldnn._linear_pointwise is the private op that inductor
-    # lowers CPU linear layers and linear-GELU pairs to (verified with
-    # torch 2.14.1).
-    if records_graph():
+    """Whether a linear layer (:func:`linear`) may run as one oneDNN call:
+    float32 inference on the CPU, eager, outside autocast, where torch has
+    the call (:data:`ONEDNN_LINEAR`)."""
+    if not ONEDNN_LINEAR or records_graph():
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False
     return (x.device.type == 'cpu' and x.dtype == torch.float32
             and weight.dtype == torch.float32
-            and not torch.is_autocast_enabled('cpu')
-            and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
+            and not torch.is_autocast_enabled('cpu'))
 
 
 def linear(x: torch.Tensor,
