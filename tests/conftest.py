@@ -1,16 +1,13 @@
 """Shared fixtures: official-layout checkpoints written once per session."""
 import argparse
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
+from reference import official_shapes, random_official_state_dict
 
-from reference import official_shapes, random_official_state_dict  # noqa
-
-import mmfca  # noqa: E402,F401  registers FcaFormer
+import mmfca  # noqa: F401  registers FcaFormer
 
 L2_DENSE_WIDTHS = (96, 192, 384, 768)
 
@@ -106,10 +103,9 @@ SYNTHETIC_MASK_RCNN = os.path.join(
 @pytest.fixture(scope='session')
 def seg_reference(synthetic_ade, tmp_path_factory):
     """An uninterrupted UperNet + small L1 run (``small_run`` of
-    test_reliability.py): 6 iterations, checkpoints at 2, 4 and 6."""
-    from test_reliability import small_run
-
+    mmfca.testing.runs): 6 iterations, checkpoints at 2, 4 and 6."""
     from mmfca import apis
+    from mmfca.testing.runs import small_run
     work_dir = str(tmp_path_factory.mktemp('reference'))
     apis.train([SYNTHETIC_SEG, '--work-dir', work_dir, '--cfg-options'] +
                small_run(synthetic_ade))

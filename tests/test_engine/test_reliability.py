@@ -21,32 +21,11 @@ from mmfca.datasets import LoadImageFromFileOrSkip
 from mmfca.datasets.checks import check_dataset_paths
 from mmfca.engine.runner import find_resumable_checkpoint
 from mmfca.testing import synthetic_data_overrides
+from mmfca.testing.runs import (ITERS, REPO, SYNTHETIC_SEG, assert_identical,
+                                small_run)
 from mmfca.utils.serialization import load_checkpoint_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
-# The real UperNet config on synthetic ADE20K (the README's CPU cycle).
-SYNTHETIC_SEG = os.path.join(
-    REPO, 'configs/synthetic/upernet_fcaformer_l2_synthetic_ade20k.py')
-ITERS = 6
-SMALL_L1 = [
-    'model.backbone.arch=l1', 'model.backbone.out_channels=None',
-    'model.decode_head.in_channels=[64,128,192,320]',
-    'model.auxiliary_head.in_channels=192'
-]
-
-
-def small_run(root, iters=ITERS, lr=None):
-    """--cfg-options of the synthetic config: UperNet + L1 on the synthetic
-    data in ``root``, ``iters`` iterations, a checkpoint every 2,
-    deterministic algorithms."""
-    options = synthetic_data_overrides('ade20k', root) + SMALL_L1 + [
-        f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
-        'default_hooks.checkpoint.interval=2', 'randomness.deterministic=True'
-    ]
-    if lr is not None:
-        options.append(f'optim_wrapper.optimizer.lr={lr}')
-    return options
 
 
 def losses_by_iter(work_dir):
@@ -63,22 +42,6 @@ def losses_by_iter(work_dir):
 
 def load(path):
     return load_checkpoint_file(path, map_location='cpu')
-
-
-def assert_identical(a, b, where='checkpoint'):
-    """Bitwise equality of two nested checkpoint structures."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            assert_identical(a[key], b[key], f'{where}.{key}')
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f'{where}[{i}]')
-    else:
-        assert a == b, where
 
 
 @pytest.fixture(scope='module')

@@ -20,7 +20,7 @@ from conftest import L2_DENSE_WIDTHS
 from mmfca.apis import build_model, load_config
 from mmfca.models import FcaFormer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 META = torch.device('meta')
 
 # Stage-3/4 maps of a 288x96 input are 18x6 and 9x3: padded to 28x14 and

@@ -11,7 +11,7 @@ from mmfca.deployment import check_onnx, export_onnx
 from mmfca.models import FcaFormer
 from mmfca.models.layers.fcaformer_layers import FeedForward, linear
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def trained_like(arch='l2', **kwargs):

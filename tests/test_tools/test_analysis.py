@@ -14,7 +14,7 @@ from mmfca.apis import build_model, load_config
 from mmfca.models import FcaFormer
 from mmfca.utils import TensorForward
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='module')
