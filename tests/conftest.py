@@ -4,7 +4,6 @@ import os
 
 import pytest
 import torch
-
 from reference import official_shapes, random_official_state_dict
 
 import mmfca  # noqa: F401  registers FcaFormer

@@ -2,7 +2,7 @@
 
 After ``import mmfca``, ``fcaformer_l0`` ... ``fcaformer_l4`` are timm models
 on the layers the OpenMMLab backbone shares
-(:mod:`mmfca.models.layers.fcaformer_layers`). They follow timm's model
+(:mod:`mmfca.models.layers`). They follow timm's model
 contract: ``forward_features`` / ``forward_head``, ``reset_classifier``,
 ``global_pool``, ``features_only`` (through ``forward_intermediates``),
 ``prune_intermediate_layers``, ``set_grad_checkpointing``, ``group_matcher``
@@ -11,6 +11,7 @@ and ``no_weight_decay``; they script with TorchScript and trace with
 with ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`` (timm's
 loader takes the EMA weights, ``model_ema``, when the file has them).
 """
+from collections import OrderedDict
 from contextlib import nullcontext
 from functools import partial
 from typing import Dict, List, Optional, Set, Tuple, Union
@@ -25,13 +26,11 @@ from timm.models._features import feature_take_indices
 
 from ..utils.serialization import checkpoint_globals
 from ..utils.versions import check_verified
-from .layers.fcaformer_layers import (add_class_token, build_fcaformer_layers,
-                                      grid_to_map, init_fcaformer_weights,
-                                      parse_arch, parse_window_size,
-                                      set_grad_checkpointing)
-from .utils.checkpoint import (check_backbone_coverage,
-                               convert_official_state_dict, is_official_layout,
-                               select_state_dict, strip_prefix)
+from .layers import (FCAFORMER_ARCHS, add_class_token, build_fcaformer_layers,
+                     grid_to_map, init_fcaformer_weights, is_plain, parse_arch,
+                     parse_window_size, set_grad_checkpointing)
+from .names import timm_group_matcher
+from .utils.checkpoint import fit_backbone_weights, rename_prefix
 
 check_verified('timm', 'timm.models._features.feature_take_indices')
 
@@ -45,14 +44,62 @@ def _on_device(device) -> object:
     return torch.device(device) if device is not None else nullcontext()
 
 
-class FcaFormerClassifier(nn.Module):
+class _TimmFcaFormer(nn.Module):
+    """What both timm classifiers share: the arch check, the layers,
+    timm's layer groups, checkpointing and the forward."""
+
+    #: Whether the class builds the plain model.
+    plain = False
+
+    @classmethod
+    def _arch_settings(cls, arch: Union[str, dict]) -> dict:
+        """The settings of ``arch``, refused if it is not of this class's
+        kind (plain or hybrid)."""
+        settings = parse_arch(arch)
+        if is_plain(settings) != cls.plain:
+            kind, other = ('hybrid', 'FcaFormerClassifier (timm: '
+                           'fcaformer_l1 ... l4)') if cls.plain else (
+                               'plain',
+                               'PlainFcaFormerClassifier (timm: fcaformer_l0)')
+            raise ValueError(
+                f'{arch!r} is a {kind} FcaFormer: build it with {other}.')
+        return settings
+
+    def _build_layers(self, settings: dict, in_chans: int, num_classes: int,
+                      window_size, drop_path_rate: float,
+                      layer_scale_init_value: float) -> None:
+        """Build ``downsample_layers`` and ``stages`` of an arch."""
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.window_size = parse_window_size(settings, window_size)
+        self.downsample_layers, self.stages = build_fcaformer_layers(
+            settings,
+            in_channels=in_chans,
+            window_size=self.window_size,
+            drop_path_rate=drop_path_rate,
+            layer_scale_init_value=layer_scale_init_value)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict:
+        """Parameter groups, for timm's layer-wise learning-rate decay."""
+        return timm_group_matcher(plain=self.plain, coarse=coarse)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        set_grad_checkpointing(self.stages, enable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class FcaFormerClassifier(_TimmFcaFormer):
     """A hybrid FcaFormer (L1-L4) with the official classification head:
     global average pooling, LayerNorm, Linear (timm's
     ``NormMlpClassifierHead``).
 
     Args:
         arch (str | dict): A hybrid arch, see
-            :func:`~mmfca.models.layers.fcaformer_layers.parse_arch`.
+            :func:`~mmfca.models.layers.parse_arch`.
             Defaults to 'l2'.
         in_chans (int): Input channels. Defaults to 3.
         num_classes (int): Classes; 0 for no classifier. Defaults to 1000.
@@ -80,23 +127,13 @@ class FcaFormerClassifier(nn.Module):
                  device=None,
                  dtype=None):
         super().__init__()
-        settings = parse_arch(arch)
-        if settings.get('patch_size'):
-            raise ValueError(f'{arch!r} is a plain FcaFormer: build it with '
-                             f'PlainFcaFormerClassifier (timm: fcaformer_l0).')
+        settings = self._arch_settings(arch)
         channels = settings['channels']
-        self.num_classes = num_classes
-        self.in_chans = in_chans
         self.num_stages = len(channels)
         self.num_features = self.head_hidden_size = channels[-1]
-        self.window_size = parse_window_size(settings, window_size)
         with _on_device(device):
-            self.downsample_layers, self.stages = build_fcaformer_layers(
-                settings,
-                in_channels=in_chans,
-                window_size=self.window_size,
-                drop_path_rate=drop_path_rate,
-                layer_scale_init_value=layer_scale_init_value)
+            self._build_layers(settings, in_chans, num_classes, window_size,
+                               drop_path_rate, layer_scale_init_value)
             self.head = NormMlpClassifierHead(
                 self.num_features,
                 num_classes,
@@ -112,26 +149,11 @@ class FcaFormerClassifier(nn.Module):
             self.to(dtype=dtype)
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        """Parameter groups, for timm's layer-wise learning-rate decay."""
-        return dict(
-            stem=r'^downsample_layers\.0\.',
-            blocks=r'^(?:downsample_layers|stages)\.(\d+)' if coarse else [
-                (r'^downsample_layers\.(\d+)', (0, )),
-                (r'^stages\.(\d+)\.(?:blocks\.)?(\d+)', None),
-                (r'^head\.norm', (99999, )),
-            ])
-
-    @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
         """None: the official recipe decays every weight of two or more
         dimensions (bias tables, depth biases and LSFs included); timm
         already exempts norms and biases."""
         return set()
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        set_grad_checkpointing(self.stages, enable)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -218,11 +240,8 @@ class FcaFormerClassifier(nn.Module):
                      pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-
-class PlainFcaFormerClassifier(nn.Module):
+class PlainFcaFormerClassifier(_TimmFcaFormer):
     """The plain FcaFormer (L0) with DeiT's task head: class token, learned
     position embedding, final LayerNorm, Linear on the class token.
 
@@ -248,6 +267,7 @@ class PlainFcaFormerClassifier(nn.Module):
         dtype: Their dtype.
     """
 
+    plain = True
     pools = ('token', 'avg', '')
 
     def __init__(self,
@@ -262,19 +282,13 @@ class PlainFcaFormerClassifier(nn.Module):
                  device=None,
                  dtype=None):
         super().__init__()
-        settings = parse_arch(arch)
-        if not settings.get('patch_size'):
-            raise ValueError(
-                f'{arch!r} is a hybrid FcaFormer: build it with '
-                f'FcaFormerClassifier (timm: fcaformer_l1 ... l4).')
         self._check_pool(global_pool)
-        width = settings['channels'][0]
-        self.patch_size = settings['patch_size']
-        self.num_classes = num_classes
-        self.in_chans = in_chans
         self.global_pool = global_pool
         self.num_stages = 1
         self.num_prefix_tokens = 1
+        settings = self._arch_settings(arch)
+        self.patch_size = settings['patch_size']
+        width = settings['channels'][0]
         self.num_features = self.head_hidden_size = width
         img_height, img_width = to_2tuple(img_size)
         if img_height != img_width or img_height % self.patch_size:
@@ -282,14 +296,9 @@ class PlainFcaFormerClassifier(nn.Module):
                 f'img_size must be square and a multiple of the patch size '
                 f'{self.patch_size}, got {img_size}.')
         grid = img_height // self.patch_size
-        self.window_size = parse_window_size(settings, grid)
         with _on_device(device):
-            self.downsample_layers, self.stages = build_fcaformer_layers(
-                settings,
-                in_channels=in_chans,
-                window_size=self.window_size,
-                drop_path_rate=drop_path_rate,
-                layer_scale_init_value=layer_scale_init_value)
+            self._build_layers(settings, in_chans, num_classes, grid,
+                               drop_path_rate, layer_scale_init_value)
             self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
             self.pos_embed = nn.Parameter(
                 torch.zeros(1, 1 + grid * grid, width))
@@ -317,21 +326,9 @@ class PlainFcaFormerClassifier(nn.Module):
                              f'{global_pool!r}.')
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
-        """Parameter groups, for timm's layer-wise learning-rate decay."""
-        return dict(
-            stem=r'^cls_token|^pos_embed|^downsample_layers\.0',
-            blocks=[(r'^stages\.0\.blocks\.(\d+)', None),
-                    (r'^norm', (99999, ))])
-
-    @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
         """The class token and position embedding, as DeiT."""
         return {'cls_token', 'pos_embed'}
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        set_grad_checkpointing(self.stages, enable)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -387,7 +384,8 @@ class PlainFcaFormerClassifier(nn.Module):
         blocks = self.stages[0].blocks
         take, max_index = feature_take_indices(len(blocks), indices)
         last = max_index if stop_early else len(blocks) - 1
-        outputs = self.stages[0].block_outputs(self._tokens(x), last + 1)
+        outputs = self.stages[0].run_blocks(
+            self._tokens(x), num_blocks=last + 1, keep_all=True)
         grid = self.window_size[0]
         intermediates = []
         for i in take:
@@ -419,7 +417,7 @@ class PlainFcaFormerClassifier(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised tokens ``(B, 1 + patches, C)``, class token
         first."""
-        return self.norm(self.stages[0].run_blocks(self._tokens(x)))
+        return self.norm(self.stages[0].run_blocks(self._tokens(x))[-1])
 
     def forward_head(self,
                      x: torch.Tensor,
@@ -430,9 +428,6 @@ class PlainFcaFormerClassifier(nn.Module):
             x = x[:, self.num_prefix_tokens:].mean(dim=1)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 FcaFormerTimmModel = Union[FcaFormerClassifier, PlainFcaFormerClassifier]
@@ -450,7 +445,8 @@ def checkpoint_filter_fn(state_dict: dict,
                          model: FcaFormerTimmModel,
                          strict: bool = True) -> dict:
     """Turn an official, mmfca / mmpretrain or timm checkpoint into this
-    model's state dict.
+    model's state dict, through
+    :func:`~mmfca.models.utils.checkpoint.fit_backbone_weights`.
 
     timm drops the classifier and loads non-strictly when ``num_classes``
     differs and for ``features_only``, so the backbone is checked here:
@@ -465,73 +461,42 @@ def checkpoint_filter_fn(state_dict: dict,
             matches nothing is refused either way). Defaults to True.
     """
     timm_norm, timm_fc, backbone_norm = _names(model)
-    weights = select_state_dict(state_dict)
-    if is_official_layout(strip_prefix(weights, None)[0]):
-        weights, _ = convert_official_state_dict(weights)
-    elif not any(k.startswith('backbone.') for k in weights) and any(
-            k.startswith(('downsample_layers.', 'stages.')) for k in weights):
-        # A timm classifier's layout (or a bare backbone): to mmfca /
-        # mmpretrain names.
-        weights = {
-            _rename(k, {
-                timm_norm: 'backbone.' + backbone_norm,
-                timm_fc: 'head.fc.'
-            }, 'backbone.'):
-            v
-            for k, v in weights.items()
-        }
-    backbone, prefix = strip_prefix(weights, None)
-    # mmpretrain's head is ``head.fc.*``, mmfca 0.1's timm heads ``head.*``;
-    # other entries of an OpenMMLab checkpoint go on for timm's
-    # load_state_dict to judge.
-    head = {
-        k[len('head.'):].removeprefix('fc.'): v
-        for k, v in weights.items() if prefix and k.startswith('head.')
-    }
-    rest = {
-        k: v
-        for k, v in weights.items()
-        if prefix and not k.startswith((prefix, 'head.'))
-    }
     pretrained_cfg = getattr(model, 'pretrained_cfg', None) or {}
     source = (
         pretrained_cfg.get('file') or pretrained_cfg.get('url')
         or pretrained_cfg.get('hf_hub_id') or 'the pretrained weights')
-    own = {
-        _rename(k, {timm_norm: backbone_norm}, ''): v
-        for k, v in model.state_dict().items() if not k.startswith(timm_fc)
-    }
-    check_backbone_coverage(
+    own = OrderedDict((rename_prefix(k, {timm_norm: backbone_norm}), v)
+                      for k, v in model.state_dict().items()
+                      if not k.startswith(timm_fc))
+    fitted = fit_backbone_weights(
+        state_dict,
         own,
         model.num_stages,
-        backbone,
         source=source,
-        where=(f'under prefix {prefix!r}' if prefix else
-               "in the whole file (no key starts with 'backbone.')"),
-        checkpoint=weights,
         fix=('Check the file: it must hold official FcaFormer weights or an '
              'mmfca / mmpretrain checkpoint of this arch.'),
+        opt_out='pretrained_strict=False in timm.create_model',
         strict=strict,
-        opt_out='pretrained_strict=False in timm.create_model')
-    out = {
-        _rename(k, {backbone_norm: timm_norm}, ''): v
-        for k, v in backbone.items()
-    }
-    out.update((timm_fc + k, v) for k, v in head.items())
-    out.update(rest)
+        bare_names={
+            timm_norm: 'backbone.' + backbone_norm,
+            timm_fc: 'head.fc.'
+        })
+    out = OrderedDict((rename_prefix(k, {backbone_norm: timm_norm}), v)
+                      for k, v in fitted.backbone.items())
+    # mmpretrain's head is ``fc.*`` (mmfca 0.1's timm heads had none).
+    out.update(
+        (timm_fc + k.removeprefix('fc.'), v) for k, v in fitted.head.items())
+    # Other entries of an OpenMMLab checkpoint go on for timm's
+    # load_state_dict to judge.
+    out.update(fitted.others)
     return out
 
 
-def _rename(key: str, prefixes: Dict[str, str], default: str) -> str:
-    """``key`` with the first matching prefix replaced, else ``default``
-    put before it."""
-    for old, new in prefixes.items():
-        if key.startswith(old):
-            return new + key[len(old):]
-    return default + key
-
-
-def _cfg(**kwargs) -> dict:
+def _cfg(plain: bool) -> dict:
+    """timm's pretrained config of a variant. There are no hub weights:
+    load a local file with ``pretrained=True,
+    pretrained_cfg_overlay=dict(file=PATH)``. No weights license is stated:
+    the official repository states none for its weights."""
     cfg = dict(
         url='',
         num_classes=1000,
@@ -543,37 +508,31 @@ def _cfg(**kwargs) -> dict:
         std=(0.229, 0.224, 0.225),
         first_conv='downsample_layers.0.conv1.conv',
         classifier='head.fc',
-        license='mit',
         paper_ids='arXiv:2211.07198')
-    cfg.update(kwargs)
+    if plain:
+        cfg.update(
+            pool_size=None,
+            fixed_input_size=True,
+            first_conv='downsample_layers.0',
+            classifier='head')
     return cfg
 
 
-# No hub weights: load a local file with
-# ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)``.
+#: One timm variant per entry of the arch table.
+VARIANTS = {f'fcaformer_{arch}': arch for arch in FCAFORMER_ARCHS}
 default_cfgs = generate_default_cfgs({
-    'fcaformer_l0':
-    _cfg(
-        pool_size=None,
-        fixed_input_size=True,
-        first_conv='downsample_layers.0',
-        classifier='head'),
-    'fcaformer_l1':
-    _cfg(),
-    'fcaformer_l2':
-    _cfg(),
-    'fcaformer_l3':
-    _cfg(),
-    'fcaformer_l4':
-    _cfg(),
+    variant:
+    _cfg(is_plain(FCAFORMER_ARCHS[arch]))
+    for variant, arch in VARIANTS.items()
 })
 
 
 def _create(variant: str,
             pretrained: bool = False,
             **kwargs) -> FcaFormerTimmModel:
-    arch = variant.split('_')[-1]
-    plain = bool(parse_arch(arch).get('patch_size'))
+    # ``arch`` may name another arch of the table or give one as a dict.
+    arch = kwargs.pop('arch', VARIANTS[variant])
+    plain = is_plain(parse_arch(arch))
     # timm reads the file with weights_only=True: the official checkpoints
     # (an argparse.Namespace inside) need mmfca's allow-list while it does.
     with checkpoint_globals():
@@ -591,33 +550,18 @@ def _create(variant: str,
             **kwargs)
 
 
-@register_model
-def fcaformer_l0(pretrained: bool = False,
-                 **kwargs) -> PlainFcaFormerClassifier:
-    """FcaFormer-L0 (DeiT-Tiny with FcaBlocks): 5.9M parameters, 74.3%
-    ImageNet top-1 (paper)."""
-    return _create('fcaformer_l0', pretrained, **kwargs)
+def _register(variant: str) -> None:
+    """Register ``variant`` with timm (``timm.create_model(variant)``) and
+    make it a function of this module, as timm's own model files have."""
+
+    def create(pretrained: bool = False, **kwargs) -> FcaFormerTimmModel:
+        return _create(variant, pretrained, **kwargs)
+
+    create.__name__ = create.__qualname__ = variant
+    create.__doc__ = (f'FcaFormer-{VARIANTS[variant].upper()} (arch table: '
+                      f':data:`~mmfca.models.layers.FCAFORMER_ARCHS`).')
+    globals()[variant] = register_model(create)
 
 
-@register_model
-def fcaformer_l1(pretrained: bool = False, **kwargs) -> FcaFormerClassifier:
-    """FcaFormer-L1: 6.2M parameters, 80.3% ImageNet top-1 (paper)."""
-    return _create('fcaformer_l1', pretrained, **kwargs)
-
-
-@register_model
-def fcaformer_l2(pretrained: bool = False, **kwargs) -> FcaFormerClassifier:
-    """FcaFormer-L2: 16.3M parameters, 83.1% ImageNet top-1 (paper)."""
-    return _create('fcaformer_l2', pretrained, **kwargs)
-
-
-@register_model
-def fcaformer_l3(pretrained: bool = False, **kwargs) -> FcaFormerClassifier:
-    """FcaFormer-L3: 27.9M parameters, 84.2% ImageNet top-1 (paper)."""
-    return _create('fcaformer_l3', pretrained, **kwargs)
-
-
-@register_model
-def fcaformer_l4(pretrained: bool = False, **kwargs) -> FcaFormerClassifier:
-    """FcaFormer-L4: 65.6M parameters, 84.9% ImageNet top-1 (paper)."""
-    return _create('fcaformer_l4', pretrained, **kwargs)
+for _variant in VARIANTS:
+    _register(_variant)

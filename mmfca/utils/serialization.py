@@ -28,13 +28,14 @@ import argparse
 import copy
 import os.path as osp
 import pickle
+import re
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
-from mmengine.fileio import LocalBackend, get_file_backend
 
+from ..openmmlab import importable
 from .versions import check_verified
 
 check_verified('mmengine', 'the objects its checkpoints pickle')
@@ -84,12 +85,16 @@ def _history_buffer_statistic(owner: Any, name: str) -> Any:
 
 
 def safe_globals() -> list:
-    """Everything mmfca allows in weight files besides tensors."""
-    from mmengine.logging.history_buffer import HistoryBuffer
-    return [
-        HistoryBuffer, argparse.Namespace,
-        (_history_buffer_statistic, 'builtins.getattr')
-    ] + _numpy_globals()
+    """Everything mmfca allows in weight files besides tensors: mmengine's
+    HistoryBuffer only where mmengine is installed (a file that holds one
+    cannot be read without it anyway)."""
+    allowed = [argparse.Namespace] + _numpy_globals()
+    if importable('mmengine'):
+        from mmengine.logging.history_buffer import HistoryBuffer
+        allowed += [
+            HistoryBuffer, (_history_buffer_statistic, 'builtins.getattr')
+        ]
+    return allowed
 
 
 @contextmanager
@@ -213,12 +218,22 @@ def _read(filename: str, map_location: MapLocation, weights_only: bool,
         # Cached in torch's hub directory, as mmengine's http loader does.
         return torch.hub.load_state_dict_from_url(
             filename, map_location=map_location, weights_only=weights_only)
-    backend = get_file_backend(filename, backend_args=backend_args)
-    if isinstance(backend, LocalBackend) and not osp.isfile(filename):
+    is_uri = re.match(r'[a-zA-Z][\w+.-]*://', filename) is not None
+    if not is_uri and not osp.isfile(filename):
         raise FileNotFoundError(
             f'Checkpoint file not found: {filename!r}. Check the path; '
             f'official FcaFormer weights can be used as they are, or '
             f'converted with tools/model_converters/official_to_mmfca.py.')
+    if not is_uri and backend_args is None:
+        return torch.load(
+            filename, map_location=map_location, weights_only=weights_only)
+    if not importable('mmengine'):
+        raise ImportError(
+            f'Reading {filename!r} needs one of mmengine\'s storage '
+            f'backends, and mmengine is not installed: pip install '
+            f'mmengine, or copy the file to a local path.')
+    from mmengine.fileio import get_file_backend
+    backend = get_file_backend(filename, backend_args=backend_args)
     with backend.get_local_path(filename) as path:
         return torch.load(
             path, map_location=map_location, weights_only=weights_only)

@@ -13,11 +13,10 @@ work. Where an override would silently stop taking effect (the library no
 longer has the private method it replaces), :func:`require_attribute`
 raises instead.
 """
+import re
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from typing import Dict, Optional, Set, Tuple
-
-from mmengine.utils import digit_version
 
 # Import name -> (distribution name, first verified version, first version
 # not verified). mmfca was verified with mmengine 0.10.7, mmcv 2.1.0,
@@ -48,6 +47,16 @@ def installed_version(package: str) -> Optional[str]:
         return None
 
 
+def release(text: str) -> Tuple[int, ...]:
+    """The release numbers of a version string, ``'2.1.0rc1'`` -> ``(2, 1,
+    0)``: enough to place an installed version in a verified range (a
+    pre-release of a verified version counts as that version)."""
+    numbers = re.match(r'\d+(?:\.\d+)*', text)
+    if numbers is None:
+        raise ValueError(f'Cannot read the version {text!r}.')
+    return tuple(int(part) for part in numbers.group().split('.'))
+
+
 def verified_range(package: str) -> str:
     """The verified range of ``package``, as text."""
     _, low, high = VERIFIED_VERSIONS[package]
@@ -72,7 +81,7 @@ def check_verified(package: str, relies_on: str) -> None:
     if installed is None:
         return
     _, low, high = VERIFIED_VERSIONS[package]
-    if digit_version(low) <= digit_version(installed) < digit_version(high):
+    if release(low) <= release(installed) < release(high):
         return
     warnings.warn(
         f'mmfca relies on internals of {package} ({relies_on}, among '

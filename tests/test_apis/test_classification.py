@@ -17,7 +17,8 @@ from mmfca.models import FcaFormer
 from mmfca.testing import synthetic_data_overrides
 from mmfca.utils.serialization import load_checkpoint_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 L1_CONFIG = os.path.join(REPO, 'configs/fcaformer_l1_in1k.py')
 # The real L1 config on synthetic ImageNet, for 2 epochs.
 SYNTHETIC_L1 = os.path.join(

@@ -17,7 +17,8 @@ from mmfca.testing import synthetic_data_overrides
 from mmfca.utils.complexity import complexity, keep_all_proposals
 from mmfca.utils.serialization import load_checkpoint_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MASK_RCNN = os.path.join(REPO, 'configs/mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
 CASCADE = os.path.join(
     REPO, 'configs/cascade_mask_rcnn_fcaformer_l2_fpn_3x_coco.py')

@@ -13,7 +13,8 @@ from mmfca.apis import build_model, load_config
 from mmfca.models import FcaFormer
 from mmfca.utils.complexity import complexity
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SEG_MODEL = """
 model = dict(

@@ -18,7 +18,8 @@ from mmfca.models.utils.checkpoint import convert_official_key
 from mmfca.testing import synthetic_data_overrides
 from mmfca.utils.complexity import complexity
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
 # The README's CPU cycle: the real config on synthetic data.
 SYNTHETIC_SEG = os.path.join(

@@ -6,7 +6,8 @@ import os
 import pytest
 from mmengine.config import Config
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, 'configs')
 SEG = 'upernet_fcaformer_l2_160k_ade20k.py'
 MASK_RCNN = 'mask_rcnn_fcaformer_l2_fpn_3x_coco.py'

@@ -11,7 +11,8 @@ import yaml
 
 from mmfca.apis import load_config, register_scope
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MASK_RCNN = os.path.join(REPO, 'configs/mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
 CASCADE = os.path.join(
     REPO, 'configs/cascade_mask_rcnn_fcaformer_l2_fpn_3x_coco.py')

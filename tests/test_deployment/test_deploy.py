@@ -9,9 +9,11 @@ import torch
 from mmfca.apis import build_model, load_config
 from mmfca.deployment import check_onnx, export_onnx
 from mmfca.models import FcaFormer
-from mmfca.models.layers.fcaformer_layers import FeedForward, linear
+from mmfca.models.layers import FeedForward
+from mmfca.models.layers.fast_paths import linear
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def trained_like(arch='l2', **kwargs):

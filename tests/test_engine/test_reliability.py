@@ -21,8 +21,8 @@ from mmfca.datasets import LoadImageFromFileOrSkip
 from mmfca.datasets.checks import check_dataset_paths
 from mmfca.engine.runner import find_resumable_checkpoint
 from mmfca.testing import synthetic_data_overrides
-from mmfca.testing.runs import (ITERS, REPO, SYNTHETIC_SEG, assert_identical,
-                                small_run)
+from mmfca.testing.runs import (ITERS, REPO, SMALL_L1, SYNTHETIC_SEG,
+                                assert_identical, small_run)
 from mmfca.utils.serialization import load_checkpoint_file
 
 SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')

@@ -19,7 +19,8 @@ from mmfca.testing.runs import (ITERS, SMALL_L1, SYNTHETIC_SEG,
                                 assert_identical, small_run)
 from mmfca.utils.serialization import load_checkpoint_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTHETIC_MASK_RCNN = os.path.join(
     REPO, 'configs/synthetic/mask_rcnn_fcaformer_l2_fpn_synthetic_coco.py')
 SAMPLE_LOG = 'MMFCA_TEST_SAMPLE_LOG'

@@ -7,8 +7,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmfca.models import FcaFormer
-from mmfca.models.layers.fcaformer_layers import (GeluLinear,
-                                                  LearnedBiasAttention)
+from mmfca.models.layers.fast_paths import GeluLinear, LearnedBiasAttention
 
 # The hybrid archs (the plain 'l0' is tested with the classifiers).
 WIDTHS = {
@@ -68,6 +67,14 @@ def test_arch_is_case_insensitive_and_custom_dicts_work():
     (dict(window_size=(14, 0)), 'window_size must be'),
     (dict(out_indices=(4, )), r'out_indices entries must be in \[-4, 3\]'),
     (dict(out_channels=(96, 192)), 'out_channels needs one entry per stage'),
+    (dict(frozen_stages=7), r'frozen_stages .* must be in \[0, 4\] for this '
+     r'arch, got 7'),
+    (dict(frozen_stages=-1), r'must be in \[0, 4\].*got -1'),
+    (dict(arch='l0', frozen_stages=2), r'must be in \[0, 1\].*got 2'),
+    (dict(drop_path_rate=1.5), r'drop_path_rate .* must be in \[0, 1\), got '
+     r'1\.5'),
+    (dict(drop_path_rate=-0.1), r'drop_path_rate .*got -0\.1'),
+    (dict(mlp_ratio=0), 'mlp_ratio .* must be positive, got 0'),
 ])
 def test_bad_arguments_fail_clearly(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -82,6 +89,24 @@ def test_bad_input_fails_before_any_layer(shape, message):
     model = FcaFormer('l1')
     with pytest.raises(ValueError, match=message):
         model(torch.randn(*shape))
+
+
+def test_a_batch_of_another_dtype_is_refused_naming_both():
+    model = FcaFormer('l1')
+    for dtype in (torch.float64, torch.uint8):
+        images = torch.zeros(1, 3, 64, 64, dtype=dtype)
+        with pytest.raises(
+                TypeError,
+                match=rf"weights are torch.float32 but the images are "
+                rf"{dtype}: convert the batch \(x.to\(torch.float32\)\)"):
+            model(images)
+    # Under autocast the model takes what autocast casts, as ever.
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(torch.zeros(1, 3, 64, 64, dtype=torch.bfloat16))
+    assert outs[0].shape == (1, 320, 2, 2)
+    # A float64 model takes float64 images.
+    assert model.double()(torch.zeros(
+        1, 3, 64, 64, dtype=torch.float64))[0].isfinite().all()
 
 
 def test_gradients_reach_every_parameter():

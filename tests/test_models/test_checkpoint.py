@@ -35,7 +35,8 @@ from mmfca.utils.serialization import (checkpoint_globals, from_weights_only,
                                        load_checkpoint_file, safe_globals,
                                        to_weights_only)
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def pretrained(path, arch='l2', **kwargs):

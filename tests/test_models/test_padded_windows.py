@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmfca.models.layers.fcaformer_layers import FcaStage
+from mmfca.models.layers import FcaStage
 
 WINDOW = 7
 CHANNELS = 16

@@ -11,7 +11,8 @@ from reference import perturb_weights, reference_plain_forward
 from mmfca.apis import build_model, load_config
 from mmfca.models import FcaFormer
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 L0_CONFIG = os.path.join(REPO, 'configs/fcaformer_l0_in1k.py')
 
 

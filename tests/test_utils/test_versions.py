@@ -46,3 +46,17 @@ def test_a_private_method_the_library_lacks_is_an_error():
             r'\S+ does not have .*never run'):
         versions.require_attribute(Hook, '_save_checkpoint_with_step',
                                    'mmengine')
+
+
+@pytest.mark.parametrize('low, high', [('0.10.7', '0.10.12'),
+                                       ('0.10.12', '0.11.0'),
+                                       ('2.1.0', '2.3.6'), ('1.0.9', '1.0.31'),
+                                       ('2.2.0rc1', '2.3.0')])
+def test_releases_order_as_mmengine_orders_them(low, high):
+    """mmfca reads versions without mmengine (the timm side needs torch and
+    timm alone); its order is mmengine's."""
+    assert digit_version(low) < digit_version(high)
+    assert versions.release(low) < versions.release(high)
+    assert versions.release('2.1.0') == (2, 1, 0)
+    with pytest.raises(ValueError, match="Cannot read the version 'dev'"):
+        versions.release('dev')

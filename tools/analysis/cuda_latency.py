@@ -1,13 +1,13 @@
 """Paired GPU latency of FcaFormer-L2 against ConvNeXt-T, with torch and
 timm only (for a GPU machine without the OpenMMLab stack).
 
-FcaFormer-L2 is built from mmfca's shared layers
-(``mmfca/models/layers/fcaformer_layers.py``, loaded by path, so neither
-mmengine nor mmcv is needed) with the official head; ConvNeXt-T is timm's
-``convnext_tiny``. Both run in deploy form where they have one (FcaFormer:
-conv-BN folded, attention masks precomputed). Calls alternate A, B, A, B;
-each is timed with CUDA events after a synchronise, and the median of the
-per-pair ratios is printed with its quartiles.
+FcaFormer-L2 is mmfca's timm model (``import mmfca`` needs torch and timm
+alone): the classifier, or with ``--dense`` its stages with the official
+widened outputs (96, 192, 384, 768); ConvNeXt-T is timm's
+``convnext_tiny``. FcaFormer runs in deploy form (conv-BN folded, attention
+masks precomputed). Calls alternate A, B, A, B; each is timed with CUDA
+events after a synchronise, and the median of the per-pair ratios is
+printed with its quartiles.
 
 Example::
 
@@ -15,60 +15,33 @@ Example::
     python tools/analysis/cuda_latency.py --dense --shape 512 512 --batch 1 8
 """
 import argparse
-import importlib.util
-import os.path as osp
 import statistics
-import sys
-from functools import partial
 
 import timm
 import torch
 import torch.nn as nn
-from timm.layers import LayerNorm2d, NormMlpClassifierHead
 
-LAYERS = osp.join(
-    osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'mmfca',
-    'models', 'layers', 'fcaformer_layers.py')
+import mmfca  # noqa: F401  registers fcaformer_l* in timm
+from mmfca.models.layers import OutputProjection, fold_for_inference
 
-
-def load_layers(path: str = LAYERS, name: str = 'fcaformer_layers'):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    # torch.compile looks modules up by name.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+DENSE_WIDTHS = (96, 192, 384, 768)
 
 
-class FcaFormerL2(nn.Module):
-    """The L2 classifier (official head) or, with ``dense``, the dense
-    backbone with the official widened outputs (96, 192, 384, 768)."""
+class DenseFcaFormer(nn.Module):
+    """timm's ``features_only`` FcaFormer with the official widened outputs
+    (1x1 conv + LayerNorm per stage), as the dense backbone has them."""
 
-    def __init__(self, layers, dense: bool):
+    def __init__(self, name: str = 'fcaformer_l2'):
         super().__init__()
-        settings = layers.parse_arch('l2')
-        self.downsample_layers, self.stages = layers.build_fcaformer_layers(
-            settings, window_size=layers.parse_window_size(settings))
-        self.dense = dense
-        if dense:
-            self.outputs = nn.ModuleList(
-                layers.OutputProjection(c, o)
-                for c, o in zip(settings['channels'], (96, 192, 384, 768)))
-        else:
-            self.head = NormMlpClassifierHead(
-                settings['channels'][-1],
-                1000,
-                norm_layer=partial(LayerNorm2d, eps=1e-5))
-        self.apply(layers.init_fcaformer_weights)
+        self.features = timm.create_model(name, features_only=True)
+        self.outputs = nn.ModuleList(
+            OutputProjection(info['num_chs'], width) for info, width in zip(
+                self.features.feature_info.get_dicts(), DENSE_WIDTHS))
 
-    def forward(self, x):
-        outs = []
-        for i, (down,
-                stage) in enumerate(zip(self.downsample_layers, self.stages)):
-            x = stage(down(x))
-            if self.dense:
-                outs.append(self.outputs[i](x))
-        return tuple(outs) if self.dense else self.head(x)
+    def forward(self, x: torch.Tensor):
+        return tuple(
+            output(feature)
+            for output, feature in zip(self.outputs, self.features(x)))
 
 
 def _ratio(times, other):
@@ -110,30 +83,19 @@ def main():
         '--compile',
         choices=['default', 'reduce-overhead', 'max-autotune'],
         help='torch.compile every model with this mode (inductor)')
-    parser.add_argument(
-        '--layers',
-        nargs='+',
-        default=[LAYERS],
-        help='layers files to build FcaFormer from (other versions of it, '
-        'timed in the same rounds)')
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit('cuda_latency.py needs a CUDA device; use '
-                         'tools/analysis/benchmark.py on a CPU.')
-    models = [
-        load_layers(path, f'fcaformer_layers_{i}')
-        for i, path in enumerate(args.layers)
-    ]
-    models = [
-        layers.fold_for_inference(FcaFormerL2(layers, args.dense)).cuda()
-        for layers in models
-    ]
+                         'the tools in tools/analysis on a CPU.')
+    fcaformer = DenseFcaFormer() if args.dense else timm.create_model(
+        'fcaformer_l2')
+    models = [fold_for_inference(fcaformer).cuda()]
     models.append(
         timm.create_model('convnext_tiny',
                           features_only=args.dense).cuda().eval())
     if args.compile:
         models = [torch.compile(m, mode=args.compile) for m in models]
-    names = [f'FcaFormer-L2 ({osp.basename(p)})' for p in args.layers]
+    names = ['FcaFormer-L2']
     print(f'{torch.cuda.get_device_name()}, torch {torch.__version__}, '
           f'timm {timm.__version__}; '
           f'{"dense backbones" if args.dense else "classifiers"} at '
@@ -147,11 +109,8 @@ def main():
             print(f'{label} batch {batch}: ConvNeXt-T '
                   f'{statistics.median(times[-1]):.2f} ms')
             for i, name in enumerate(names):
-                line = (f'  {name} {statistics.median(times[i]):.2f} ms, '
-                        f'/ ConvNeXt-T {_ratio(times[i], times[-1])}')
-                if i:
-                    line += f', / the first {_ratio(times[i], times[0])}'
-                print(line)
+                print(f'  {name} {statistics.median(times[i]):.2f} ms, '
+                      f'/ ConvNeXt-T {_ratio(times[i], times[-1])}')
 
 
 if __name__ == '__main__':

@@ -10,7 +10,8 @@ weights become an mmpretrain ImageClassifier (``backbone.`` and
 ``head.fc.``), downstream weights keep their non-backbone entries as they
 are. The result loads strictly with mmengine's ``load_checkpoint``.
 
-An input that is not an official FcaFormer-L1...L4 checkpoint, or lacks any
+An input that is not an official checkpoint of a hybrid arch of the arch
+table (mmfca.models.layers.FCAFORMER_ARCHS), or lacks any
 tensor of the official model, is refused with a message saying what it
 holds.
 """
@@ -24,12 +25,22 @@ from typing import List, Optional
 import torch
 
 from mmfca.models import FcaFormer
+from mmfca.models.layers import FCAFORMER_ARCHS, is_plain
 from mmfca.models.utils.checkpoint import (convert_official_state_dict,
                                            describe_arch, infer_arch,
                                            is_official_layout,
                                            select_state_dict, strip_prefix,
                                            top_level_names)
 from mmfca.utils.serialization import load_checkpoint_file
+
+
+def hybrid_archs() -> List[str]:
+    """The archs official checkpoints exist for: the hybrids of the arch
+    table (the official code has no plain model)."""
+    return [
+        name for name, settings in FCAFORMER_ARCHS.items()
+        if not is_plain(settings)
+    ]
 
 
 def expected_backbone(backbone: dict, arch: str) -> List[str]:
@@ -40,7 +51,7 @@ def expected_backbone(backbone: dict, arch: str) -> List[str]:
         for m, v in ((re.match(r'proj(\d+)\.conv\.weight$', k), v)
                      for k, v in backbone.items()) if m
     }
-    channels = FcaFormer.arch_zoo[arch]['channels']
+    channels = FCAFORMER_ARCHS[arch]['channels']
     if widths:
         model = FcaFormer(
             arch,
@@ -56,7 +67,7 @@ def convert(checkpoint: dict, use_ema: bool = False) -> OrderedDict:
     """Return the converted state dict of an official checkpoint.
 
     Raises:
-        ValueError: When the checkpoint is not an official FcaFormer-L1...L4
+        ValueError: When the checkpoint is not an official hybrid FcaFormer
             checkpoint (a message says what it holds), or lacks tensors of
             the official model.
     """
@@ -67,19 +78,19 @@ def convert(checkpoint: dict, use_ema: bool = False) -> OrderedDict:
             f'this is not an official FcaFormer checkpoint (no '
             f'patch_embed.seq.* / layer_*.* keys): its top-level names are '
             f'{top_level_names(state_dict)}, and its backbone looks like '
-            f'{describe_arch(source, FcaFormer.arch_zoo)}. mmfca checkpoints '
+            f'{describe_arch(source, FCAFORMER_ARCHS)}. mmfca checkpoints '
             f'need no conversion; other models cannot be converted.')
     out, unknown = convert_official_state_dict(state_dict)
     if unknown:
         raise ValueError(f'official keys with no mmfca counterpart: '
                          f'{unknown}')
     backbone, _ = strip_prefix(out, 'backbone.')
-    arch, _ = infer_arch(backbone, FcaFormer.arch_zoo)
-    if arch is None or arch not in ('l1', 'l2', 'l3', 'l4'):
+    arch, _ = infer_arch(backbone, FCAFORMER_ARCHS)
+    if arch is None or is_plain(FCAFORMER_ARCHS[arch]):
         raise ValueError(
-            f'the weights look like '
-            f'{describe_arch(backbone, FcaFormer.arch_zoo)}, which is no '
-            f'official FcaFormer (L1...L4); the file may be incomplete.')
+            f'the weights look like {describe_arch(backbone, FCAFORMER_ARCHS)}'
+            f', which is none of the hybrid archs of the arch table '
+            f'{sorted(hybrid_archs())}; the file may be incomplete.')
     expected = expected_backbone(backbone, arch)
     missing = [k for k in expected if k not in backbone]
     if not any(k.startswith('proj') for k in backbone):

@@ -5,9 +5,9 @@ a hybrid backbone: a convolutional stem and two ConvNeXt stages, then two
 transformer stages whose blocks also attend to the *cross tokens* made by the
 earlier blocks of the same stage.
 
-This is the OpenMMLab front end of the layers in
-:mod:`mmfca.models.layers.fcaformer_layers`, which the timm classifiers
-share. One class serves classification, segmentation and detection.
+This is the OpenMMLab front end of the model core in
+:mod:`mmfca.models.layers`, which the timm classifiers share. One class
+serves classification, segmentation and detection.
 Attention always runs in square windows (14 in stage 3, 7 in stage 4 by
 default): at 224x224 input these windows cover the whole feature map, which
 is exactly the ImageNet classifier; for larger or irregular inputs the maps
@@ -15,7 +15,6 @@ are padded to whole windows, as the official downstream models do.
 """
 import difflib
 import inspect
-import re
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -26,14 +25,13 @@ from mmengine.registry import MODELS
 from timm.layers import LayerNorm2d
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers.fcaformer_layers import (FCAFORMER_ARCHS, OutputProjection,
-                                       add_class_token, build_fcaformer_layers,
-                                       fold_for_inference, num_conv_stages,
-                                       parse_arch, parse_window_size,
-                                       set_grad_checkpointing, symbolic_shapes)
-from ..utils.checkpoint import (FcaFormerPretrainedInit,
-                                prepare_backbone_state_dict)
-from ..utils.layer_groups import fcaformer_layer_id
+from ..layers import (FCAFORMER_ARCHS, OutputProjection, add_class_token,
+                      build_fcaformer_layers, fold_for_inference, is_plain,
+                      num_conv_stages, parse_arch, parse_window_size,
+                      set_grad_checkpointing, symbolic_shapes)
+from ..names import layer_depth, num_layer_depths
+from ..utils.checkpoint import prepare_backbone_state_dict
+from .pretrained_init import FcaFormerPretrainedInit
 
 
 def bn_layer_from_cfg(norm_cfg: dict):
@@ -112,7 +110,7 @@ class FcaFormer(BaseModule):
         init_cfg (dict | list[dict], optional): Initialisation config.
             Defaults to the official initialisation. A
             ``dict(type='Pretrained', checkpoint=PATH, prefix='backbone.')``
-            is run by :class:`~mmfca.models.utils.FcaFormerPretrainedInit`
+            is run by :class:`~.pretrained_init.FcaFormerPretrainedInit`
             after the default initialisation: ``checkpoint`` may be a path,
             a URL or an mmengine storage URI, ``map_location`` works as in
             mmengine, and it accepts official ImageNet checkpoints (add
@@ -133,7 +131,7 @@ class FcaFormer(BaseModule):
     """
 
     #: The paper's archs (see
-    #: :data:`~mmfca.models.layers.fcaformer_layers.FCAFORMER_ARCHS`).
+    #: :data:`~mmfca.models.layers.FCAFORMER_ARCHS`).
     arch_zoo = FCAFORMER_ARCHS
     # The official initialisation: truncated normal for conv and linear
     # weights, unit LayerNorms (BN layers start at weight 1, bias 0).
@@ -182,13 +180,12 @@ class FcaFormer(BaseModule):
         self.arch_settings = parse_arch(arch)
         channels = self.arch_settings['channels']
         depths = self.arch_settings['depths']
-        patch_size = self.arch_settings.get('patch_size')
         self.num_stages = len(depths)
         self.num_conv_stages = num_conv_stages(self.arch_settings)
         # The plain model is a ViT: a class token and absolute positions.
-        self.has_class_token = bool(patch_size)
-        if self.has_class_token and (gap_before_final_norm
-                                     or out_channels is not None):
+        self.is_plain = is_plain(self.arch_settings)
+        if self.is_plain and (gap_before_final_norm
+                              or out_channels is not None):
             raise ValueError(
                 'The plain FcaFormer (arch with patch_size, e.g. \'l0\') '
                 'outputs its class token, as DeiT: leave '
@@ -198,6 +195,11 @@ class FcaFormer(BaseModule):
         self.window_size = parse_window_size(self.arch_settings, window_size)
         self.out_indices = self._parse_out_indices(out_indices)
         self.gap_before_final_norm = gap_before_final_norm
+        if not 0 <= frozen_stages <= self.num_stages:
+            raise ValueError(
+                f'frozen_stages counts the stages to freeze (with the stem '
+                f'and their downsampling layers), so it must be in [0, '
+                f'{self.num_stages}] for this arch, got {frozen_stages}.')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.resize_bias_tables = resize_bias_tables
@@ -218,7 +220,7 @@ class FcaFormer(BaseModule):
             mlp_ratio=mlp_ratio,
             norm_layer=bn_layer_from_cfg(norm_cfg))
         set_grad_checkpointing(self.stages, with_cp)
-        if patch_size:
+        if self.is_plain:
             grid = self.window_size[0]
             self.cls_token = nn.Parameter(torch.zeros(1, 1, channels[0]))
             self.pos_embed = nn.Parameter(
@@ -228,7 +230,7 @@ class FcaFormer(BaseModule):
             nn.init.trunc_normal_(self.pos_embed, std=.02)
 
         for i in self.out_indices:
-            if self.has_class_token:
+            if self.is_plain:
                 # DeiT's final norm, on the tokens.
                 self.add_module(f'norm{i}',
                                 nn.LayerNorm(channels[i], eps=1e-6))
@@ -282,18 +284,33 @@ class FcaFormer(BaseModule):
             return getattr(self, f'proj{index}')
         return getattr(self, f'norm{index}')
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def _check_images(self, x: torch.Tensor) -> None:
+        """Refuse a batch the stem cannot take, naming the fix (outside
+        recorded graphs, whose inputs are symbolic)."""
         if x.dim() != 4:
             raise ValueError(
                 f'FcaFormer expects images as a 4-D tensor (N, C, H, W), got '
                 f'a {x.dim()}-D tensor of shape {tuple(x.shape)}.')
-        if not symbolic_shapes() and x.shape[1] != self.in_channels:
+        if symbolic_shapes():
+            return
+        if x.shape[1] != self.in_channels:
             raise ValueError(
                 f'FcaFormer was built for {self.in_channels} input channels '
                 f'but got {x.shape[1]} (input shape {tuple(x.shape)}); set '
                 f'in_channels={x.shape[1]} in the backbone config or fix the '
                 f'data pipeline.')
-        if self.has_class_token:
+        weight = next(self.downsample_layers[0].parameters())
+        autocast = torch.amp.is_autocast_available(x.device.type) and \
+            torch.is_autocast_enabled(x.device.type)
+        if x.dtype != weight.dtype and not autocast:
+            raise TypeError(
+                f'FcaFormer\'s weights are {weight.dtype} but the images are '
+                f'{x.dtype}: convert the batch (x.to({weight.dtype})) or the '
+                f'model (model.to({x.dtype})), or run under torch.autocast.')
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        self._check_images(x)
+        if self.is_plain:
             return self._forward_plain(x)
         outs = []
         for i, stage in enumerate(self.stages):
@@ -322,7 +339,7 @@ class FcaFormer(BaseModule):
                 f'pipelines crop to 224) or build it with window_size equal '
                 f'to your patch grid.')
         tokens = add_class_token(x, self.cls_token, self.pos_embed)
-        tokens = self.stages[0].run_blocks(tokens)
+        tokens = self.stages[0].run_blocks(tokens)[-1]
         return (self.output_module(0)(tokens[:, 0]), )
 
     @torch.no_grad()
@@ -331,7 +348,7 @@ class FcaFormer(BaseModule):
         every conv + BatchNorm pair into one convolution, precompute the
         attention bias masks and run the linear layers as oneDNN calls on
         the CPU
-        (:func:`~mmfca.models.layers.fcaformer_layers.fold_for_inference`).
+        (:func:`~mmfca.models.layers.fold_for_inference`).
         Outputs equal eval-mode outputs (up to float rounding); the model
         can no longer be trained or load checkpoints.
 
@@ -342,15 +359,14 @@ class FcaFormer(BaseModule):
         self.deploy = True
         return self
 
-    def get_layer_depth(self, param_name: str, prefix: str = ''):
+    def get_layer_depth(self,
+                        param_name: str,
+                        prefix: str = '') -> Tuple[int, int]:
         """Layer depth of a parameter, for mmpretrain's
-        ``LearningRateDecayOptimWrapperConstructor``.
-
-        The groups are the official layer-wise ones of the detection recipe
-        (``layer_wise_cab``, see
-        :class:`~mmfca.engine.FcaFormerLearningRateDecayOptimizerConstructor`)
-        over 6 layers, or 12 when stage 3 is deeper than 9 blocks (L3, L4); the
-        plain 'l0' has one depth per block.
+        ``LearningRateDecayOptimWrapperConstructor``
+        (:func:`mmfca.models.names.layer_depth`: the official layer-wise
+        groups of the detection recipe over the arch's ``decay_layers``; the
+        plain 'l0' has one depth per block).
 
         Args:
             param_name (str): Parameter name.
@@ -359,25 +375,11 @@ class FcaFormer(BaseModule):
         Returns:
             tuple[int, int]: The depth and the number of depths.
         """
-        depths = self.arch_settings['depths']
-        if self.num_conv_stages == 0:
-            # Plain model: one depth per block, the stem at 0.
-            num_layers = depths[0]
-        else:
-            num_layers = 12 if depths[2] > 9 else 6
+        depths = num_layer_depths(self.arch_settings)
         if not param_name.startswith(prefix):
-            return num_layers + 1, num_layers + 2
-        name = param_name[len(prefix):]
-        if self.num_conv_stages == 0:
-            match = re.match(r'stages\.0\.blocks\.(\d+)\.', name)
-            if match:
-                return int(match.group(1)) + 1, num_layers + 2
-            first = ('downsample_layers.', 'cls_token', 'pos_embed')
-            if name.startswith(first):
-                return 0, num_layers + 2
-            return num_layers + 1, num_layers + 2
-        return fcaformer_layer_id('backbone.' + name, 'layer_wise_cab',
-                                  num_layers), num_layers + 2
+            return depths + 1, depths + 2
+        return layer_depth(param_name[len(prefix):],
+                           self.arch_settings), depths + 2
 
     def _prepare_state_dict(self, state_dict: dict, prefix: str, *args,
                             **kwargs) -> None:
@@ -387,7 +389,7 @@ class FcaFormer(BaseModule):
         prepare_backbone_state_dict(self, state_dict, prefix)
 
     def _freeze_stages(self):
-        if self.has_class_token and self.frozen_stages > 0:
+        if self.is_plain and self.frozen_stages > 0:
             self.cls_token.requires_grad = False
             self.pos_embed.requires_grad = False
         for i in range(self.frozen_stages):

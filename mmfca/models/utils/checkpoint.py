@@ -16,28 +16,24 @@ mmengine's ``load_checkpoint``, timm's loader) passes its load-state-dict
 pre-hook, :func:`prepare_backbone_state_dict`: official names are renamed,
 bias tables made for other windows are resized when the backbone allows it,
 and weights of another arch or window are refused by name.
-:class:`FcaFormerPretrainedInit` serves ``init_cfg=dict(type='Pretrained',
-...)``: it picks the weights out of any layout (EMA on request), and refuses
-a checkpoint that lacks backbone tensors (unless partial loading is asked
-for), with the rule it shares with timm's loader,
-:func:`check_backbone_coverage`.
+The OpenMMLab backbone's ``init_cfg=dict(type='Pretrained', ...)``
+(:mod:`mmfca.models.backbones.pretrained_init`) picks the weights out of
+any layout (EMA on request), and refuses a checkpoint that lacks backbone
+tensors (unless partial loading is asked for), with the rule it shares
+with timm's loader, :func:`check_backbone_coverage`.
 
 Nothing here imports a front end (the OpenMMLab backbone or timm's
-classifiers): the arch table comes from the shared layers.
+classifiers) or mmengine: the arch table comes from the shared layers.
 """
-import logging
 import math
 import re
 from collections import OrderedDict
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from mmengine.logging import print_log
-from mmengine.model.weight_init import PretrainedInit, update_init_info
 
-from ...utils.serialization import MapLocation, load_checkpoint_file
-from ..layers.fcaformer_layers import FCAFORMER_ARCHS
+from ..layers import FCAFORMER_ARCHS
 
 # Official name of a block part in the transformer stages -> ours.
 _FCA_BLOCK_KEYS = [
@@ -118,6 +114,35 @@ def convert_official_key(key: str) -> Tuple[str, Optional[str]]:
     if match:
         return 'backbone', f'proj{match.group(1)}.norm.{match.group(2)}'
     return 'backbone', None
+
+
+def rename_official_keys(state_dict: Dict[str, torch.Tensor],
+                         prefix: str = '') -> Tuple[OrderedDict, List[str]]:
+    """Rename, in place, the official backbone keys under ``prefix`` to
+    mmfca names, if the entries there use the official names.
+
+    The official classifier head and keys without a counterpart keep their
+    names (a load reports them as unexpected).
+
+    Returns:
+        tuple: The official classifier head in mmpretrain ``LinearClsHead``
+        names (``fc.weight``, ``fc.bias``), and the keys that kept their
+        official names (the head's and those without a counterpart); both
+        empty for other checkpoints.
+    """
+    head, kept = OrderedDict(), []
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    if not is_official_layout(k[len(prefix):] for k in keys):
+        return head, kept
+    for key in keys:
+        part, new_key = convert_official_key(key[len(prefix):])
+        if part == 'backbone' and new_key is not None:
+            state_dict[prefix + new_key] = state_dict.pop(key)
+            continue
+        kept.append(key)
+        if part == 'head':
+            head[new_key] = state_dict[key]
+    return head, kept
 
 
 def is_official_layout(keys: Iterable[str]) -> bool:
@@ -231,7 +256,7 @@ def strip_prefix(state_dict: Dict,
     Returns:
         tuple: The selected entries, and the prefix they were found under
         ('' for the whole checkpoint). Nothing is selected when an explicit
-        prefix matches no key; :class:`FcaFormerPretrainedInit` then says
+        prefix matches no key; the caller then says
         what the checkpoint holds instead.
     """
     wanted = prefix if prefix is not None else 'backbone.'
@@ -361,12 +386,7 @@ def prepare_backbone_state_dict(model: nn.Module,
     Raises:
         ValueError: When shapes do not fit the model.
     """
-    keys = [k for k in state_dict if k.startswith(prefix)]
-    if is_official_layout(k[len(prefix):] for k in keys):
-        for key in keys:
-            part, new_key = convert_official_key(key[len(prefix):])
-            if part == 'backbone' and new_key is not None:
-                state_dict[prefix + new_key] = state_dict.pop(key)
+    rename_official_keys(state_dict, prefix)
     if model.resize_bias_tables:
         for name, module in model.named_modules():
             if hasattr(module, 'fit_tables'):
@@ -498,109 +518,128 @@ def _where(prefix: Optional[str], used: str, found: bool) -> str:
             f'it looks like a bare backbone)')
 
 
-class FcaFormerPretrainedInit(PretrainedInit):
-    """mmengine's ``Pretrained`` initialiser for FcaFormer checkpoints in any
-    layout.
+def rename_prefix(key: str, prefixes: Dict[str, str]) -> str:
+    """``key`` with the first matching prefix of ``prefixes`` replaced ('' as
+    the last entry matches every key)."""
+    for old, new in prefixes.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
 
-    :class:`~mmfca.models.FcaFormer` runs its ``init_cfg=dict(
-    type='Pretrained', ...)`` with this class, which takes two keys more
-    than mmengine's :class:`~mmengine.model.PretrainedInit`. The file is
-    read by :func:`~mmfca.utils.serialization.load_checkpoint_file` (local
-    paths, URLs and mmengine storage backends, always ``weights_only``);
-    the weights are picked out of official and mmengine checkpoints (EMA on
-    request), checked against the backbone and loaded through
-    ``load_state_dict``, whose pre-hook renames official keys. The outcome
-    is kept in the backbone's ``load_report``.
+
+class BackboneWeights(NamedTuple):
+    """What :func:`fit_backbone_weights` took out of a checkpoint.
+
+    Attributes:
+        backbone (OrderedDict): The backbone's tensors, in mmfca names (an
+            official file's head and keys without a counterpart left out).
+        head (OrderedDict): A classifier's head, in mmpretrain names
+            (``fc.weight``, ``fc.bias``); empty for other checkpoints.
+        others (OrderedDict): The other entries of an OpenMMLab checkpoint
+            (decode heads, necks), unchanged.
+        prefix (str): Where the backbone was found ('' for the whole file).
+        new_outputs (list[str]): Output layers the file cannot have (a dense
+            backbone started from an ImageNet classifier).
+        missing (list[str]): Other absent tensors (``strict=False`` only).
+        unused (list[str]): Backbone entries the model has no use for (an
+            official file's head among them, by its official names).
+    """
+    backbone: OrderedDict
+    head: OrderedDict
+    others: OrderedDict
+    prefix: str
+    new_outputs: List[str]
+    missing: List[str]
+    unused: List[str]
+
+
+def fit_backbone_weights(checkpoint: Dict,
+                         model_state: Dict[str, torch.Tensor],
+                         num_stages: int,
+                         source: str,
+                         fix: str,
+                         opt_out: str,
+                         prefix: Optional[str] = None,
+                         use_ema: bool = False,
+                         strict: bool = True,
+                         bare_names: Optional[Dict[str, str]] = None,
+                         prepare: Optional[Callable[[Dict], None]] = None
+                         ) -> BackboneWeights:
+    """The one way FcaFormer weights are read: the ``Pretrained`` init, timm's
+    loader and the converter call it, and the backbone's load pre-hook
+    (:func:`prepare_backbone_state_dict`, which ``load_state_dict``,
+    mmengine's ``load_checkpoint`` and the runner reach) is its ``prepare``
+    step.
+
+    1. pick the weights out of the checkpoint's layout
+       (:func:`select_state_dict`; EMA on request);
+    2. find the backbone under ``prefix`` (:func:`strip_prefix`), with
+       official names converted (:func:`convert_official_key`: official
+       ImageNet, segmentation and detection checkpoints) and a bare
+       layout's names mapped by ``bare_names``;
+    3. ``prepare`` it (resize bias tables, refuse other shapes naming the
+       arch they were made for);
+    4. check that it covers the model (:func:`check_backbone_coverage`).
 
     Args:
-        checkpoint (str): Checkpoint path or URL.
-        prefix (str, optional): Name prefix of the backbone in the
-            checkpoint, e.g. 'backbone.'. Defaults to None (strip
-            'backbone.' when present; official ImageNet weights are taken
-            whole with any prefix).
-        map_location: Where the tensors are read to, as in
-            :func:`torch.load`. Defaults to 'cpu'.
-        use_ema (bool): Load the EMA weights (official ``model_ema``,
-            mmengine's ``ema_state_dict``). Defaults to False.
-        strict (bool): Refuse a checkpoint that lacks backbone tensors,
-            except the output layers of a backbone started from an ImageNet
-            classifier (the file cannot have them). With False, the tensors
-            that match are loaded and the others are logged as missing; a
-            checkpoint that matches no tensor is refused either way.
-            Defaults to True.
+        checkpoint (dict): What :func:`torch.load` returned.
+        model_state (dict): The state dict of the backbone to load, in mmfca
+            names.
+        num_stages (int): The backbone's stages.
+        source (str): The file, for the messages.
+        fix (str): How to point this loader at the right weights, for the
+            messages.
+        opt_out (str): This loader's setting for partial loads, for the
+            messages.
+        prefix (str, optional): The backbone's name prefix in the
+            checkpoint; None takes 'backbone.' where present.
+        use_ema (bool): Take the EMA weights. Defaults to False.
+        strict (bool): Refuse missing backbone tensors (see
+            :func:`check_backbone_coverage`). Defaults to True.
+        bare_names (dict, optional): Prefix renames for a checkpoint whose
+            keys have no ``backbone.`` prefix and mmfca-style names (a timm
+            classifier's ``head.norm.`` and ``head.fc.``), to
+            ``backbone.*`` / ``head.fc.*``.
+        prepare (callable, optional): Called on the backbone weights
+            before the coverage check; may rename, resize or raise.
 
     Raises:
-        ValueError: For keys it does not know, when shapes do not match the
-            model (another arch or window size), or when the checkpoint
-            lacks backbone tensors; the message names what the checkpoint
-            holds.
+        ValueError: When the checkpoint does not hold this backbone, naming
+            the file, the prefix, how much matched and what it holds.
     """
-
-    def __init__(self,
-                 checkpoint: str,
-                 prefix: Optional[str] = None,
-                 map_location: MapLocation = 'cpu',
-                 use_ema: bool = False,
-                 strict: bool = True,
-                 **unknown):
-        if unknown:
-            raise ValueError(
-                f'Unknown keys {sorted(unknown)} in the FcaFormer Pretrained '
-                f'init_cfg; allowed: checkpoint, prefix, use_ema, strict, '
-                f'map_location.')
-        super().__init__(checkpoint, prefix=prefix, map_location=map_location)
-        self.use_ema = use_ema
-        self.strict = strict
-
-    def __call__(self, module: nn.Module) -> None:
-        filename = self.checkpoint
-        print_log(f'FcaFormer: loading {filename}', logger='current')
-        checkpoint = select_state_dict(
-            load_checkpoint_file(filename, self.map_location), self.use_ema)
-        state_dict, used_prefix = strip_prefix(checkpoint, self.prefix)
-        where = _where(self.prefix, used_prefix, bool(state_dict))
-        prepare_backbone_state_dict(module, state_dict, source=filename)
-        new_outputs, missing = check_backbone_coverage(
-            module.state_dict(),
-            module.num_stages,
-            state_dict,
-            source=filename,
-            where=where,
-            checkpoint=checkpoint,
-            fix=("Check the file and `prefix` in the Pretrained init_cfg: "
-                 "the backbone's name in the checkpoint, e.g. 'backbone.' "
-                 "for an OpenMMLab classifier, segmentor or detector (None "
-                 "takes 'backbone.' when present)."),
-            strict=self.strict,
-            opt_out='strict=False in the Pretrained init_cfg')
-        own = module.state_dict()
-        usable = OrderedDict((k, v) for k, v in state_dict.items() if k in own)
-        unused = [k for k in state_dict if k not in own]
-        module.load_state_dict(usable, strict=False)
-        print_log(
-            f'FcaFormer: loaded {len(usable)} of {len(own)} tensors from '
-            f'{filename}',
-            logger='current')
-        if new_outputs:
-            print_log(
-                f'FcaFormer: newly initialised output layers (not in the '
-                f'ImageNet checkpoint): {new_outputs}',
-                logger='current')
-        if missing:
-            print_log(
-                f'FcaFormer: strict=False, missing keys left at their '
-                f'initial values: {missing}',
-                logger='current',
-                level=logging.WARNING)
-        if unused:
-            print_log(
-                f'FcaFormer: checkpoint keys not used by the backbone: '
-                f'{unused}',
-                logger='current')
-        module.load_report = dict(
-            loaded=list(usable),
-            new_outputs=new_outputs,
-            missing=missing,
-            unused=unused)
-        if hasattr(module, '_params_init_info'):
-            update_init_info(module, init_info=self._get_init_info())
+    weights = select_state_dict(checkpoint, use_ema)
+    if bare_names and not is_official_layout(weights) and not any(
+            k.startswith('backbone.') for k in weights):
+        bare = {**bare_names, '': 'backbone.'}
+        weights = OrderedDict(
+            (rename_prefix(k, bare), v) for k, v in weights.items())
+    backbone, used = strip_prefix(weights, prefix)
+    # mmpretrain's head is ``head.fc.*``.
+    head = OrderedDict((k[len('head.'):], v) for k, v in weights.items()
+                       if used and k.startswith('head.'))
+    official_head, kept = rename_official_keys(backbone)
+    head.update(official_head)
+    if prepare is not None:
+        prepare(backbone)
+    new_outputs, missing = check_backbone_coverage(
+        model_state,
+        num_stages,
+        backbone,
+        source=source,
+        where=_where(prefix, used, bool(backbone)),
+        checkpoint=weights,
+        fix=fix,
+        strict=strict,
+        opt_out=opt_out)
+    # The other entries of an OpenMMLab checkpoint, for the caller to judge.
+    others = OrderedDict((k, v) for k, v in weights.items()
+                         if used and not k.startswith((used, 'head.')))
+    return BackboneWeights(
+        backbone=OrderedDict(
+            (k, v) for k, v in backbone.items() if k not in kept),
+        head=head,
+        others=others,
+        prefix=used,
+        new_outputs=new_outputs,
+        missing=missing,
+        unused=[k for k in backbone if k not in model_state])

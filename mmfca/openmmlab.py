@@ -1,0 +1,80 @@
+"""mmfca's OpenMMLab side: the backbone, the engine and the data helpers,
+registered in mmengine's root registries (which the registries of
+mmpretrain, mmseg and mmdet fall back to).
+
+``import mmfca`` imports this module where mmengine is installed. Without
+mmcv, the modules that need it (the backbone's norm layers, the image
+loader) are registered as stand-ins that raise an ImportError naming mmcv
+when a config builds them, so that a config never runs with something
+silently missing.
+"""
+import importlib.util
+from typing import Callable, List
+
+#: The packages the OpenMMLab side needs, and how to get them.
+REQUIRED = {
+    'mmengine':
+    'pip install "mmengine>=0.10.7,<0.11"',
+    'mmcv': ('bash tools/setup_env.sh (mmcv 2.1.0 is built from its sdist '
+             'with its ops; see docs/get_started.md)'),
+}
+
+
+def importable(name: str) -> bool:
+    """Whether the top-level package ``name`` can be imported, without
+    importing it (an import hook that refuses it counts as missing)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_packages() -> List[str]:
+    """The packages of :data:`REQUIRED` that cannot be imported."""
+    return [name for name in REQUIRED if not importable(name)]
+
+
+def require_openmmlab(what: str) -> None:
+    """Raise an ImportError that names ``what``, the missing packages and
+    how to install them, unless mmengine and mmcv are importable."""
+    missing = missing_packages()
+    if missing:
+        how = '; '.join(f'{name}: {REQUIRED[name]}' for name in missing)
+        raise ImportError(
+            f'{what} needs {" and ".join(missing)}, which '
+            f'{"is" if len(missing) == 1 else "are"} not installed ({how}). '
+            f'The timm models need torch and timm alone: '
+            f'timm.create_model("fcaformer_l2") after import mmfca.')
+
+
+def _stand_in(name: str, what: str) -> Callable:
+    """A builder registered as ``name`` that refuses, naming what is
+    missing."""
+
+    def build(*args, **kwargs):
+        require_openmmlab(f"The config's {what} type={name!r}")
+
+    build.__name__ = build.__qualname__ = name
+    return build
+
+
+def _register_without_mmcv() -> None:
+    from mmengine.registry import MODELS, TRANSFORMS
+    MODELS.register_module(
+        'FcaFormer', module=_stand_in('FcaFormer', 'backbone'))
+    TRANSFORMS.register_module(
+        'LoadImageFromFileOrSkip',
+        module=_stand_in('LoadImageFromFileOrSkip', 'transform'))
+
+
+def register_all() -> None:
+    """Register every OpenMMLab module of mmfca (mmengine must be
+    importable)."""
+    from . import engine  # noqa: F401
+    from .datasets import checks, seeded_sampling  # noqa: F401
+    from .utils import complexity  # noqa: F401  counts attention MACs
+    if not importable('mmcv'):
+        _register_without_mmcv()
+        return
+    from .datasets import transforms  # noqa: F401
+    from .models import backbones  # noqa: F401
