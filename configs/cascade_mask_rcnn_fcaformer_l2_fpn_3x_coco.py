@@ -27,11 +27,28 @@ optim_wrapper = dict(
         _base_.coco_3x_optim_wrapper.paramwise_cfg, decay_rate=0.7))
 param_scheduler = _base_.coco_3x_param_scheduler
 
+
 # Training skips an image that cannot be read or decoded, with a counted
-# warning naming it (100 failures in a row stop the run).
-train_pipeline = [
+# warning naming it (100 failures in a row stop the run). Every pipeline
+# refuses an image whose size differs from the one the annotation file
+# records (its boxes and masks are in that size's coordinates) as soon as
+# it is loaded: LoadAnnotations would draw the masks misaligned, or fail.
+def with_size_check(pipeline):
+    """``pipeline`` with CheckAnnotationSize after the image loading."""
+    checked = []
+    for step in pipeline:
+        checked.append(step)
+        if step['type'] in ('LoadImageFromFile', 'LoadImageFromFileOrSkip'):
+            checked.append(dict(type='CheckAnnotationSize'))
+    return checked
+
+
+train_pipeline = with_size_check([
     dict(step, type='LoadImageFromFileOrSkip')
     if step.type == 'LoadImageFromFile' else step
     for step in _base_.train_pipeline
-]
+])
+test_pipeline = with_size_check(_base_.test_pipeline)
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader

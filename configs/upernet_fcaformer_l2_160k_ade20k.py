@@ -52,15 +52,30 @@ param_scheduler = [
         by_epoch=False),
 ]
 
+
 # Training skips an image that cannot be read or decoded, with a counted
-# warning naming it (100 failures in a row stop the run).
-train_pipeline = [
+# warning naming it (100 failures in a row stop the run). Every pipeline
+# refuses a label map whose size differs from its image's as soon as it is
+# loaded: the resizes would scale each to the target size on its own,
+# stretching labels over pixels they were not made for.
+def with_size_check(pipeline):
+    """``pipeline`` with CheckAnnotationSize after LoadAnnotations."""
+    checked = []
+    for step in pipeline:
+        checked.append(step)
+        if step['type'] == 'LoadAnnotations':
+            checked.append(dict(type='CheckAnnotationSize'))
+    return checked
+
+
+train_pipeline = with_size_check([
     dict(step, type='LoadImageFromFileOrSkip')
     if step.type == 'LoadImageFromFile' else step
     for step in _base_.train_pipeline
-]
+])
+test_pipeline = with_size_check(_base_.test_pipeline)
 train_dataloader = dict(batch_size=2, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(batch_size=1)
+val_dataloader = dict(batch_size=1, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 # Multi-scale + flip test (--tta), as the official aug-test (mmseg 0.x
@@ -86,6 +101,7 @@ tta_pipeline = [
                 dict(type='RandomFlip', prob=1., direction='horizontal')
             ],
             [dict(type='LoadAnnotations', reduce_zero_label=True)],
+            [dict(type='CheckAnnotationSize')],
             [dict(type='PackSegInputs')],
         ])
 ]

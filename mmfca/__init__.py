@@ -29,6 +29,7 @@ _OPENMMLAB_NAMES = {
     'NonFiniteLossHook': '.engine',
     'LabelRangeHook': '.engine',
     'LoadImageFromFileOrSkip': '.datasets',
+    'CheckAnnotationSize': '.datasets',
 }
 
 __all__ = ['__version__'] + list(_OPENMMLAB_NAMES)

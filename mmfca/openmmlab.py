@@ -60,11 +60,12 @@ def _stand_in(name: str, what: str) -> Callable:
 
 def _register_without_mmcv() -> None:
     from mmengine.registry import MODELS, TRANSFORMS
+
+    from .datasets import TRANSFORM_MODULES
     MODELS.register_module(
         'FcaFormer', module=_stand_in('FcaFormer', 'backbone'))
-    TRANSFORMS.register_module(
-        'LoadImageFromFileOrSkip',
-        module=_stand_in('LoadImageFromFileOrSkip', 'transform'))
+    for name in TRANSFORM_MODULES:
+        TRANSFORMS.register_module(name, module=_stand_in(name, 'transform'))
 
 
 def register_all() -> None:
@@ -76,5 +77,5 @@ def register_all() -> None:
     if not importable('mmcv'):
         _register_without_mmcv()
         return
-    from .datasets import transforms  # noqa: F401
+    from .datasets import annotation_size, transforms  # noqa: F401
     from .models import backbones  # noqa: F401

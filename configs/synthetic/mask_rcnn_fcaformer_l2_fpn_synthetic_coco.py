@@ -20,6 +20,7 @@ data_root = 'data/synthetic_coco/'
 scale = (213, 128)
 train_pipeline = [
     dict(type='LoadImageFromFileOrSkip', backend_args=None),
+    dict(type='CheckAnnotationSize'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='RandomFlip', prob=0.5),
     dict(
@@ -45,6 +46,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='CheckAnnotationSize'),
     dict(type='Resize', scale=scale, keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(

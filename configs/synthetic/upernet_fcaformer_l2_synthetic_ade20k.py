@@ -21,6 +21,7 @@ crop_size = (96, 96)
 train_pipeline = [
     dict(type='LoadImageFromFileOrSkip'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='CheckAnnotationSize'),
     dict(
         type='RandomResize',
         scale=scale,
@@ -35,6 +36,7 @@ test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=scale, keep_ratio=True),
     dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='CheckAnnotationSize'),
     dict(type='PackSegInputs'),
 ]
 # --tta: the real config's multi-scale + flip test, with `scale` in place
@@ -55,6 +57,7 @@ tta_pipeline = [
                 dict(type='RandomFlip', prob=1., direction='horizontal')
             ],
             [dict(type='LoadAnnotations', reduce_zero_label=True)],
+            [dict(type='CheckAnnotationSize')],
             [dict(type='PackSegInputs')],
         ])
 ]

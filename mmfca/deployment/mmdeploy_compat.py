@@ -18,7 +18,7 @@ mmdeploy itself installs with ``pip install --no-deps mmdeploy==1.3.1``
 ``pip install aenum grpcio multiprocess``. Its ``tools/deploy.py`` runs
 each step in a spawned process, which the context does not reach: call
 :func:`mmdeploy.apis.torch2onnx` in-process, as
-``tools/deployment/mmdeploy_export.py`` does.
+``tests/test_deployment/test_deploy.py`` does.
 """
 import contextlib
 import functools

@@ -483,9 +483,11 @@ def checkpoint_filter_fn(state_dict: dict,
         })
     out = OrderedDict((rename_prefix(k, {backbone_norm: timm_norm}), v)
                       for k, v in fitted.backbone.items())
-    # mmpretrain's head is ``fc.*`` (mmfca 0.1's timm heads had none).
+    # mmpretrain's head is ``fc.*``; any other head entry keeps its name,
+    # for timm's load_state_dict to judge.
     out.update(
-        (timm_fc + k.removeprefix('fc.'), v) for k, v in fitted.head.items())
+        (timm_fc + k[len('fc.'):] if k.startswith('fc.') else 'head.' + k, v)
+        for k, v in fitted.head.items())
     # Other entries of an OpenMMLab checkpoint go on for timm's
     # load_state_dict to judge.
     out.update(fitted.others)

@@ -94,7 +94,8 @@ def test_a_config_naming_our_modules_without_mmcv_says_mmcv_is_missing():
         import mmfca
         from mmengine.registry import MODELS, TRANSFORMS
         for registry, type_ in ((MODELS, 'FcaFormer'),
-                                (TRANSFORMS, 'LoadImageFromFileOrSkip')):
+                                (TRANSFORMS, 'LoadImageFromFileOrSkip'),
+                                (TRANSFORMS, 'CheckAnnotationSize')):
             try:
                 registry.build(dict(type=type_))
             except ImportError as err:
@@ -103,7 +104,8 @@ def test_a_config_naming_our_modules_without_mmcv_says_mmcv_is_missing():
                 raise SystemExit('built without mmcv')
         """)
     lines = out.strip().splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert "type='FcaFormer'" in lines[0]
     assert "type='LoadImageFromFileOrSkip'" in lines[1]
+    assert "type='CheckAnnotationSize'" in lines[2]
     assert all('needs mmcv, which is not installed' in line for line in lines)

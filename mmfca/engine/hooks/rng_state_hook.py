@@ -45,16 +45,15 @@ def capture_rng_states() -> dict:
 
 def restore_rng_states(states: dict) -> None:
     """Set the global generators to ``states`` (from
-    :func:`capture_rng_states`, or the raw states older mmfca checkpoints
-    hold); CUDA states are skipped without a GPU."""
+    :func:`capture_rng_states`); CUDA states are skipped without a
+    GPU."""
     python, numpy_state = states['python'], states['numpy']
-    if isinstance(python, dict):
-        python = (python['version'], tuple(python['state'].cpu().tolist()),
-                  python['gauss_next'])
-        numpy_state = (numpy_state['name'],
-                       numpy_state['key'].cpu().numpy().astype(np.uint32),
-                       numpy_state['pos'], numpy_state['has_gauss'],
-                       numpy_state['cached_gaussian'])
+    python = (python['version'], tuple(python['state'].cpu().tolist()),
+              python['gauss_next'])
+    numpy_state = (numpy_state['name'],
+                   numpy_state['key'].cpu().numpy().astype(np.uint32),
+                   numpy_state['pos'], numpy_state['has_gauss'],
+                   numpy_state['cached_gaussian'])
     random.setstate(python)
     np.random.set_state(numpy_state)
     torch.set_rng_state(states['torch'].cpu())
@@ -174,9 +173,6 @@ class RNGStateHook(Hook):
 
     def _own_states(self, saved: dict) -> Optional[dict]:
         """This rank's states in ``saved`` (None if it has none)."""
-        if 'ranks' not in saved:
-            # Written by an older mmfca: rank 0's states only.
-            return saved
         rank, world_size = get_rank(), get_world_size()
         if saved['world_size'] != world_size:
             print_log(
