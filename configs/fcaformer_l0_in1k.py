@@ -7,7 +7,7 @@
 # warm-up epochs, cosine to 1e-5, repeated augmentation (3 repeats),
 # RandAugment m9-mstd0.5, random erasing 0.25, Mixup 0.8 / CutMix 1.0, label
 # smoothing 0.1, drop path 0.1. The official repository has no code for L0;
-# the README lists the choices made where the paper is silent.
+# docs/classification.md lists the choices made where the paper is silent.
 _base_ = ['./_base_/fcaformer_in1k.py']
 
 model = dict(

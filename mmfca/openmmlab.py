@@ -73,7 +73,7 @@ def register_all() -> None:
     importable)."""
     from . import engine  # noqa: F401
     from .datasets import checks, seeded_sampling  # noqa: F401
-    from .utils import complexity  # noqa: F401  counts attention MACs
+    from .utils import mac_counting  # noqa: F401  counts attention MACs
     if not importable('mmcv'):
         _register_without_mmcv()
         return

@@ -74,7 +74,8 @@ def check_dataset_paths(cfg: dict, key: Optional[str] = None) -> None:
                             if key else 'data_root in the dataset config')
             raise FileNotFoundError(
                 f'{name}: data_root {root!r} does not exist. Put the data '
-                f'there (see the README section on data) or set '
+                f'there (the Data section of docs/classification.md, '
+                f'docs/segmentation.md or docs/detection.md) or set '
                 f'{where_to_set}.')
         ann_file = _under_root(dataset, dataset.get('ann_file') or '')
         if ann_file and _is_local(ann_file) and not osp.isfile(ann_file):

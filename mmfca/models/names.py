@@ -18,6 +18,8 @@ from typing import Dict, NamedTuple, Optional
 
 import torch
 
+from .layers.arch import is_plain
+
 
 class ParameterKind(NamedTuple):
     """What a backbone parameter is.
@@ -162,7 +164,7 @@ def layer_depth(name: str, arch_settings: dict) -> Optional[int]:
     """
     depths = num_layer_depths(arch_settings)
     parameter = parameter_kind(name)
-    if 'patch_size' not in arch_settings:
+    if not is_plain(arch_settings):
         return layer_group('backbone.' + name, 'layer_wise_cab', depths)
     if parameter.kind in ('fca_block', 'position_bias', 'cross_tables'):
         return parameter.block + 1
@@ -174,7 +176,7 @@ def layer_depth(name: str, arch_settings: dict) -> Optional[int]:
 def num_layer_depths(arch_settings: dict) -> int:
     """The layer depths of :func:`layer_depth`: the arch table's
     ``decay_layers`` for a hybrid, the blocks of a plain model."""
-    if 'patch_size' in arch_settings:
+    if is_plain(arch_settings):
         return arch_settings['depths'][0]
     return arch_settings['decay_layers']
 

@@ -9,7 +9,7 @@ from .serialization import (checkpoint_globals, load_checkpoint_file,
 
 #: Names that need mmengine, and the modules that define them.
 _NEEDS_MMENGINE = {
-    'complexity': '.complexity',
+    'complexity': '.mac_counting',
     'TensorForward': '.tensor_forward',
 }
 

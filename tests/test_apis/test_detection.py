@@ -14,7 +14,7 @@ from mmfca import apis
 from mmfca.apis import build_model, load_config
 from mmfca.models import FcaFormer
 from mmfca.testing import synthetic_data_overrides
-from mmfca.utils.complexity import complexity, keep_all_proposals
+from mmfca.utils.mac_counting import complexity, keep_all_proposals
 from mmfca.utils.serialization import load_checkpoint_file
 
 REPO = os.path.dirname(
@@ -22,7 +22,7 @@ REPO = os.path.dirname(
 MASK_RCNN = os.path.join(REPO, 'configs/mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
 CASCADE = os.path.join(
     REPO, 'configs/cascade_mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
-# The README's CPU run: the real Mask R-CNN config on synthetic COCO.
+# The CPU run of docs/detection.md: the real Mask R-CNN config on synthetic COCO.
 SYNTHETIC_MASK_RCNN = os.path.join(
     REPO, 'configs/synthetic/mask_rcnn_fcaformer_l2_fpn_synthetic_coco.py')
 

@@ -11,7 +11,7 @@ from reference import OFFICIAL_PARAMS, reference_forward
 
 from mmfca.apis import build_model, load_config
 from mmfca.models import FcaFormer
-from mmfca.utils.complexity import complexity
+from mmfca.utils.mac_counting import complexity
 
 REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -16,12 +16,12 @@ from mmfca.apis import build_model, load_config
 from mmfca.engine.optimizers import cpu_computes_bfloat16
 from mmfca.models.utils.checkpoint import convert_official_key
 from mmfca.testing import synthetic_data_overrides
-from mmfca.utils.complexity import complexity
+from mmfca.utils.mac_counting import complexity
 
 REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
-# The README's CPU cycle: the real config on synthetic data.
+# The CPU cycle of docs/segmentation.md: the real config on synthetic data.
 SYNTHETIC_SEG = os.path.join(
     REPO, 'configs/synthetic/upernet_fcaformer_l2_synthetic_ade20k.py')
 
@@ -34,7 +34,7 @@ def synthetic_overrides(root):
 @pytest.fixture(scope='session')
 def seg_run(synthetic_ade, tmp_path_factory):
     """Train the synthetic config (the real one, small, for 12
-    iterations), as the README's CPU cycle does."""
+    iterations), as the CPU cycle of docs/segmentation.md does."""
     work_dir = str(tmp_path_factory.mktemp('seg_work_dir'))
     apis.train([SYNTHETIC_SEG, '--work-dir', work_dir, '--cfg-options'] +
                synthetic_overrides(synthetic_ade))

@@ -279,7 +279,7 @@ def test_onnx_export_of_the_segmentor_labels(upernet_l2, tmp_path):
 def test_mmdeploy_exports_mask_rcnn_with_the_workarounds(tmp_path):
     """mmdeploy 1.3.1's ONNX Runtime route for the synthetic Mask R-CNN +
     FcaFormer-L2 config, in-process inside ``mmdeploy_compat`` (needs
-    mmdeploy installed as the README says; skipped without it)."""
+    mmdeploy installed as docs/deployment.md says; skipped without it)."""
     pytest.importorskip('mmdeploy')
     import numpy as np
     import onnxruntime

@@ -10,6 +10,7 @@
   buffer, a tensor made on the CPU in forward) raises "Tensor on device cpu
   is not on the expected device meta", as it would on a GPU.
 """
+import importlib
 import json
 import os
 import sys
@@ -20,7 +21,8 @@ from conftest import L2_DENSE_WIDTHS
 from mmfca.apis import build_model, load_config
 from mmfca.models import FcaFormer
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 META = torch.device('meta')
 
 # Stage-3/4 maps of a 288x96 input are 18x6 and 9x3: padded to 28x14 and
@@ -182,23 +184,49 @@ def test_training_step_runs_on_meta():
     assert len(grads) > 0 and on_meta(grads)
 
 
-def test_benchmark_moves_models_and_inputs_to_its_device(tmp_path):
-    """The benchmark on ``--device meta``: any model or input it left on
-    the CPU would make a forward fail, as it would with ``--device cuda``.
-    """
+def analysis_tool(name):
+    """A module of tools/analysis, imported as its tools import each other
+    (tools/analysis on sys.path)."""
     sys.path.insert(0, os.path.join(REPO, 'tools', 'analysis'))
     try:
-        import benchmark
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    out = tmp_path / 'benchmark.json'
-    results = benchmark.main([
-        '--device', 'meta', '--latency-only', '--models', 'FcaFormer-L1',
-        'ConvNeXt-T', '--repeat', '2', '--out',
+
+
+def test_latency_moves_models_and_inputs_to_its_device(tmp_path):
+    """The latency tool on ``--device meta``: any model or input it left
+    on the CPU would make a forward fail, as it would with ``--device
+    cuda``."""
+    latency = analysis_tool('latency')
+    out = tmp_path / 'latency.json'
+    results = latency.main([
+        '--device', 'meta', '--models', 'FcaFormer-L1', 'ConvNeXt-T',
+        '--repeat', '2', '--out',
         str(out)
     ])
-    latency = json.loads(out.read_text())['classification_latency']
+    latency_table = json.loads(out.read_text())['classification_latency']
     assert results['device'] == 'meta'
-    assert set(latency) == {'FcaFormer-L1', 'ConvNeXt-T'}
-    assert latency['FcaFormer-L1']['runs'] == 2
-    assert 'ConvNeXt-T' in latency['FcaFormer-L1']['ratios']
+    assert set(latency_table) == {'FcaFormer-L1', 'ConvNeXt-T'}
+    assert latency_table['FcaFormer-L1']['runs'] == 2
+    assert 'ConvNeXt-T' in latency_table['FcaFormer-L1']['ratios']
+    # No sgemm share off the CPU.
+    assert 'sgemm_share' not in results
+
+
+def test_dense_latency_moves_backbones_and_inputs_to_its_device(tmp_path):
+    """The dense backbone tool on ``--device meta``, another window layout
+    included, at both sizes."""
+    dense_latency = analysis_tool('dense_latency')
+    results = dense_latency.main([
+        '--device', 'meta', '--windows', '16,8', '--repeat', '1', '--out',
+        str(tmp_path / 'dense.json')
+    ])
+    tables = results['backbone_latency']
+    assert set(tables) == {'512x512', '800x1216'}
+    for table in tables.values():
+        assert set(table) == {
+            'FcaFormer-L2', 'FcaFormer-L2 windows (16, 8)', 'ConvNeXt-T',
+            'Swin-T'
+        }
+        assert 'ConvNeXt-T' in table['FcaFormer-L2 windows (16, 8)']['ratios']

@@ -3,7 +3,7 @@
     python tools/analysis/get_flops.py CONFIG [--shape H [W]]
 
 Uses mmengine's complexity counter, with the attention matmuls of
-``scaled_dot_product_attention`` counted (see mmfca/utils/complexity.py).
+``scaled_dot_product_attention`` counted (see mmfca/utils/mac_counting.py).
 Works for mmpretrain, mmseg and mmdet configs (the config's default_scope
 decides), including the codebases' own configs as
 ``mmseg::path/to/config.py``.
@@ -18,7 +18,7 @@ import torch
 from mmengine.config import DictAction
 
 from mmfca.apis import build_model, load_config
-from mmfca.utils.complexity import complexity, keep_all_proposals
+from mmfca.utils.mac_counting import complexity, keep_all_proposals
 
 
 def parse_args():

@@ -23,40 +23,47 @@ the real method. The parts partition the forward as it runs:
 * stage glue: what an FcaStage spends outside its blocks (padding, window
   partition and reverse, concatenating cross tokens);
 * output norms;
-* rest: the backbone's forward outside all of these.
+* rest: the hooked call outside all of these (attaching and detaching
+  the hooks included).
 
-Each round runs the hooked forward, the same forward without hooks (the
-whole time, and the hooks' cost against it) and mmpretrain's ConvNeXt-T
-backbone (for a ratio), in an order that rotates from round to round, so
-load changes on a shared machine hit them alike. Medians over the rounds
-are reported. The model is in deploy mode (conv-BN folded, masks
+The hooked forward, the same forward without hooks (the whole time, and
+the hooks' cost against it) and mmpretrain's ConvNeXt-T backbone are
+timed in paired rounds (see bench_lib), so load changes on a shared
+machine hit them alike: the table gives their median ms [quartiles] and
+the medians of the per-round ratios [quartiles] (range); each part's
+median ms and the median of its per-round share of the hooked forward
+follow. The model is in deploy mode (conv-BN folded, masks
 precomputed) with random weights, eval, no grad, on the CPU. ``--ops``
 also prints torch.profiler's most expensive operators over a few forwards.
 """
 import argparse
+import functools
 import statistics
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from bench_lib import positive_int, quartiles, report, summarize, time_rounds
 
 from mmfca.models import FcaFormer
 from mmfca.models.layers import FcaBlock, FcaStage, init_fcaformer_weights
 
 PARTS = ('stem', 'ConvNeXt stages', 'downsample', 'attention', 'TME', 'FFN',
          'stage glue', 'output norms')
+HOOKED = 'FcaFormer, hooked'
+WHOLE = 'FcaFormer'
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--arch', default='l2')
     parser.add_argument('--shape', type=int, nargs=2, default=[224, 224])
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--repeat', type=int, default=30)
+    parser.add_argument('--repeat', type=positive_int, default=30)
     parser.add_argument(
         '--window-size',
         type=int,
@@ -67,7 +74,7 @@ def parse_args():
         type=int,
         default=0,
         help='also list this many top torch.profiler ops')
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 class PartClock:
@@ -109,8 +116,7 @@ class PartClock:
             for handle in self._handles:
                 handle.remove()
             for block in self._blocks:
-                del block.merge_and_enhance  # the class's methods again
-                del block.forward_padded
+                del block.merge_and_enhance  # the class's method again
             self._handles, self._blocks = [], []
             self._started.clear()
 
@@ -149,19 +155,10 @@ class PartClock:
             if stage in self._started:  # the plain model runs no stage
                 self.seconds['stage glue'] -= end - marks['start']
 
-        forward_padded = block.forward_padded
-
-        def timed_forward_padded(*args):
-            start(block, args)
-            output = forward_padded(*args)
-            stop(block, args, output)
-            return output
-
-        # Instance attributes: FcaBlock's forwards call them in place of the
-        # methods (a padded stage calls forward_padded, not the module)
-        # until attached() deletes them.
+        # An instance attribute: FcaBlock's forwards (whole and padded
+        # windows) call it in place of the method until attached() deletes
+        # it.
         block.merge_and_enhance = timed_merge_and_enhance
-        block.forward_padded = timed_forward_padded
         self._blocks.append(block)
         self._handles += [
             block.register_forward_pre_hook(start),
@@ -177,13 +174,8 @@ def convnext_t():
     return model
 
 
-def hooked_forward(model, x, clock):
-    with clock.attached():
-        model(x)
-
-
-def main():
-    args = parse_args()
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     stages = len(FcaFormer.arch_zoo[args.arch.lower()]['depths'])
@@ -198,47 +190,41 @@ def main():
     baseline = convnext_t()
     x = torch.randn(args.batch, 3, *args.shape)
     clock = PartClock(model)
-    calls = {
-        'hooked': lambda: hooked_forward(model, x, clock),
-        'whole': lambda: model(x),
-        'convnext': lambda: baseline(x),
+    parts: Dict[str, List[float]] = defaultdict(list)
+
+    def hooked():
+        clock.seconds.clear()
+        with clock.attached():
+            model(x)
+        for part in PARTS:
+            parts[part].append(clock.seconds[part] * 1000)
+
+    times = time_rounds(
+        {
+            HOOKED: hooked,
+            WHOLE: functools.partial(model, x),
+            'ConvNeXt-T': functools.partial(baseline, x),
+        }, 'cpu', 3, args.repeat)
+    # The warm-up's hooked forwards are not reported.
+    parts = {part: values[-args.repeat:] for part, values in parts.items()}
+    parts['rest'] = [
+        total - sum(parts[part][i] for part in PARTS)
+        for i, total in enumerate(times[HOOKED])
+    ]
+    summary = summarize(times, (WHOLE, 'ConvNeXt-T'))
+    report(
+        f'FcaFormer-{args.arch.upper()} backbone, deploy mode, batch '
+        f'{args.batch}, {args.shape[0]}x{args.shape[1]}, {args.threads} '
+        f'threads, {args.repeat} rounds', summary)
+    shares = {
+        part: quartiles([p / t for p, t in zip(values, times[HOOKED])])
+        for part, values in parts.items()
     }
-    names = list(calls)
-    times = defaultdict(list)
-    parts = defaultdict(list)
-    with torch.no_grad():
-        for _ in range(3):
-            for call in calls.values():
-                call()
-        for index in range(args.repeat):
-            shift = index % len(names)
-            for name in names[shift:] + names[:shift]:
-                clock.seconds.clear()
-                start = time.perf_counter()
-                calls[name]()
-                times[name].append((time.perf_counter() - start) * 1000)
-                if name == 'hooked':
-                    for part in PARTS:
-                        parts[part].append(clock.seconds[part] * 1000)
-                    parts['rest'].append(times[name][-1] - sum(parts[p][-1]
-                                                               for p in PARTS))
-    ms = {name: statistics.median(values) for name, values in times.items()}
-    part_ms = {
-        name: statistics.median(values)
-        for name, values in parts.items()
-    }
-    print(f'FcaFormer-{args.arch.upper()} backbone, deploy mode, batch '
-          f'{args.batch}, {args.shape[0]}x{args.shape[1]}, {args.threads} '
-          f'threads, medians of {args.repeat} interleaved rounds')
-    print(f'  whole forward {ms["whole"]:.1f} ms ({ms["hooked"]:.1f} ms '
-          f'with the timing hooks), ConvNeXt-T backbone '
-          f'{ms["convnext"]:.1f} ms (ratio '
-          f'{ms["whole"] / ms["convnext"]:.2f})')
     print(f'  {"part":16s} {"ms":>7s} {"share":>6s}   (of the hooked '
-          f'forward)')
-    for name in PARTS + ('rest', ):
-        print(f'  {name:16s} {part_ms[name]:7.2f} '
-              f'{part_ms[name] / ms["hooked"]:6.1%}')
+          f'forward; medians, the share per round)')
+    for part in PARTS + ('rest', ):
+        print(f'  {part:16s} {statistics.median(parts[part]):7.2f} '
+              f'{shares[part]["median"]:6.1%}')
     if args.ops:
         from torch.profiler import ProfilerActivity, profile
         with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) \
@@ -247,6 +233,7 @@ def main():
                 model(x)
         print(prof.key_averages().table(
             sort_by='self_cpu_time_total', row_limit=args.ops))
+    return dict(times=summary, part_ms=parts, part_shares=shares)
 
 
 if __name__ == '__main__':

@@ -117,7 +117,7 @@ def prepare(args) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--work-dir', default='work_dirs/resume_benchmark')
     parser.add_argument(
         '--workers', type=int, default=2, help='training data workers')
