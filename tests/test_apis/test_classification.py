@@ -17,6 +17,9 @@ from mmfca.models import FcaFormer
 from mmfca.testing import synthetic_data_overrides
 from mmfca.utils.serialization import load_checkpoint_file
 
+#: Trains, exports or starts processes: not in `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 L1_CONFIG = os.path.join(REPO, 'configs/fcaformer_l1_in1k.py')

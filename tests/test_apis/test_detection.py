@@ -17,12 +17,16 @@ from mmfca.testing import synthetic_data_overrides
 from mmfca.utils.mac_counting import complexity, keep_all_proposals
 from mmfca.utils.serialization import load_checkpoint_file
 
+#: Trains, exports or starts processes: not in `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MASK_RCNN = os.path.join(REPO, 'configs/mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
 CASCADE = os.path.join(
     REPO, 'configs/cascade_mask_rcnn_fcaformer_l2_fpn_3x_coco.py')
-# The CPU run of docs/detection.md: the real Mask R-CNN config on synthetic COCO.
+# The CPU run of docs/detection.md: the real Mask R-CNN config on
+# synthetic COCO.
 SYNTHETIC_MASK_RCNN = os.path.join(
     REPO, 'configs/synthetic/mask_rcnn_fcaformer_l2_fpn_synthetic_coco.py')
 

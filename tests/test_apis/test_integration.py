@@ -13,6 +13,9 @@ from mmfca.apis import build_model, load_config
 from mmfca.models import FcaFormer
 from mmfca.utils.mac_counting import complexity
 
+#: Trains, exports or starts processes: not in `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -18,6 +18,9 @@ from mmfca.models.utils.checkpoint import convert_official_key
 from mmfca.testing import synthetic_data_overrides
 from mmfca.utils.mac_counting import complexity
 
+#: Trains, exports or starts processes: not in `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')

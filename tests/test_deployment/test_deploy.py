@@ -12,6 +12,9 @@ from mmfca.models import FcaFormer
 from mmfca.models.layers import FeedForward
 from mmfca.models.layers.fast_paths import linear
 
+#: Trains, exports or starts processes: not in `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

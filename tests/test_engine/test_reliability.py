@@ -25,6 +25,9 @@ from mmfca.testing.runs import (ITERS, REPO, SMALL_L1, SYNTHETIC_SEG,
                                 assert_identical, small_run)
 from mmfca.utils.serialization import load_checkpoint_file
 
+#: Trains, exports or starts processes: not in `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 SEG_CONFIG = os.path.join(REPO, 'configs/upernet_fcaformer_l2_160k_ade20k.py')
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from mmcv.transforms import BaseTransform
 from mmengine.registry import TRANSFORMS
@@ -18,6 +19,9 @@ from mmfca.testing import synthetic_data_overrides
 from mmfca.testing.runs import (ITERS, SMALL_L1, SYNTHETIC_SEG,
                                 assert_identical, small_run)
 from mmfca.utils.serialization import load_checkpoint_file
+
+#: Trains, exports or starts processes: not in `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -135,8 +135,8 @@ def test_an_arch_given_as_a_dict_goes_through_every_front_end():
     optimizer = constructor(torch.nn.ModuleDict(dict(backbone=backbone)))
     ours = [g for g in optimizer.param_groups if 'param_names' in g]
     grouped = sorted(name for g in ours for name in g['param_names'])
-    assert grouped == sorted(
-        'backbone.' + name for name, _ in backbone.named_parameters())
+    assert grouped == sorted('backbone.' + name
+                             for name, _ in backbone.named_parameters())
     assert {g['lr'] for g in ours} == {0.5**(5 - i) for i in range(6)}
     timm_model = timm.create_model('fcaformer_l2', arch=arch, num_classes=3)
     groups = group_parameters(timm_model, timm_model.group_matcher())

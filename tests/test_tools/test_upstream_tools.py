@@ -25,7 +25,11 @@ import torch
 from mmfca.testing import synthetic_data_overrides
 from mmfca.utils.serialization import safe_globals
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: Trains, exports or starts processes: not in `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTHETIC = os.path.join(REPO, 'configs', 'synthetic')
 # Per codebase: the synthetic config (the real one at small sizes), its
 # data, a shorter run and what the test tool prints.
