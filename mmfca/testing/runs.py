@@ -8,7 +8,8 @@ import torch
 from .synthetic import synthetic_data_overrides
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-#: The real UperNet config on synthetic ADE20K (the CPU cycle of docs/segmentation.md).
+#: The real UperNet config on synthetic ADE20K (the CPU cycle of
+#: docs/segmentation.md).
 SYNTHETIC_SEG = osp.join(
     REPO, 'configs/synthetic/upernet_fcaformer_l2_synthetic_ade20k.py')
 #: Iterations of :func:`small_run`.

@@ -127,8 +127,7 @@ class FcaStage(nn.Module):
         # them by index.
         padded = [self._padded_indices(height, width, True, x.device)]
         if len(self.blocks) > 1:
-            padded.append(
-                self._padded_indices(height, width, False, x.device))
+            padded.append(self._padded_indices(height, width, False, x.device))
         tokens = self.run_blocks(map_to_grid(x), padded)[-1]
         return grid_to_map(tokens, height, width)
 
