@@ -8,6 +8,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmfca.models import FcaFormer
 from mmfca.models.layers.fast_paths import GeluLinear, LearnedBiasAttention
+from mmfca.testing.autograd import autograd_node_names
 
 # The hybrid archs (the plain 'l0' is tested with the classifiers).
 WIDTHS = {
@@ -240,19 +241,6 @@ def test_gradients_of_a_batch_are_the_mean_of_its_images():
     for name, grad in both.items():
         torch.testing.assert_close(
             grad, (first[name] + second[name]) / 2, msg=name)
-
-
-def autograd_node_names(output: torch.Tensor) -> list:
-    """The class names of the autograd graph's nodes behind ``output``."""
-    seen, stack, names = set(), [output.grad_fn], []
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.append(type(node).__name__)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return names
 
 
 def test_learned_bias_attention_gradients_are_the_math_paths():

@@ -10,21 +10,10 @@ import torch
 
 from mmfca.models import FcaFormer
 from mmfca.models.layers import fast_paths_enabled, use_fast_paths
+from mmfca.testing.autograd import autograd_node_names
 
 FUSED = 'mkldnn::_linear_pointwise'
 FAST_BACKWARDS = ('GeluLinearBackward', 'LearnedBiasAttentionBackward')
-
-
-def autograd_node_names(output):
-    names, seen, stack = [], set(), [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.append(type(node).__name__)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return names
 
 
 def called_ops(fn):
