@@ -20,14 +20,15 @@ import os
 import re
 import sys
 from collections import OrderedDict
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
 from mmfca.models import FcaFormer
 from mmfca.models.layers import FCAFORMER_ARCHS, is_plain
 from mmfca.models.utils.checkpoint import (convert_official_state_dict,
-                                           describe_arch, infer_arch,
+                                           describe_arch,
+                                           fit_backbone_weights, infer_arch,
                                            is_official_layout,
                                            select_state_dict, strip_prefix,
                                            top_level_names)
@@ -43,8 +44,8 @@ def hybrid_archs() -> List[str]:
     ]
 
 
-def expected_backbone(backbone: dict, arch: str) -> List[str]:
-    """The tensors an official ``arch`` model with these outputs has: the
+def expected_backbone(backbone: dict, arch: str) -> Dict[str, torch.Tensor]:
+    """The state dict of the official ``arch`` model with these outputs: the
     ImageNet classifier's final norm, or the dense model's projections."""
     widths = {
         int(m.group(1)): int(v.shape[0])
@@ -60,7 +61,7 @@ def expected_backbone(backbone: dict, arch: str) -> List[str]:
     else:
         model = FcaFormer(
             arch, out_indices=len(channels) - 1, gap_before_final_norm=True)
-    return list(model.state_dict())
+    return model.state_dict()
 
 
 def convert(checkpoint: dict, use_ema: bool = False) -> OrderedDict:
@@ -91,12 +92,24 @@ def convert(checkpoint: dict, use_ema: bool = False) -> OrderedDict:
             f'the weights look like {describe_arch(backbone, FCAFORMER_ARCHS)}'
             f', which is none of the hybrid archs of the arch table '
             f'{sorted(hybrid_archs())}; the file may be incomplete.')
-    expected = expected_backbone(backbone, arch)
-    missing = [k for k in expected if k not in backbone]
+    # The coverage rule every loader shares, against the official model
+    # with this file's outputs; the converter allows no absent tensor, not
+    # even the outputs a classifier file cannot have.
+    fitted = fit_backbone_weights(
+        out,
+        expected_backbone(backbone, arch),
+        num_stages=len(FCAFORMER_ARCHS[arch]['channels']),
+        source='the official checkpoint',
+        fix='Download or save the file again.',
+        opt_out='nothing (the converter writes complete files only)',
+        prefix='backbone.',
+        strict=False)
+    missing = fitted.new_outputs + fitted.missing
     if not any(k.startswith('proj') for k in backbone):
         # An ImageNet classifier: its head becomes mmpretrain's.
         missing += [
-            k for k in ('head.fc.weight', 'head.fc.bias') if k not in out
+            f'head.{k}' for k in ('fc.weight', 'fc.bias')
+            if k not in fitted.head
         ]
     if missing:
         raise ValueError(

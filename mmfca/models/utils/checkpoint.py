@@ -62,6 +62,15 @@ _CONV_BLOCK_KEYS = [
     (r'gamma$', 'gamma'),
 ]
 
+# Official name of an output layer -> (part, our name); ``{}`` takes the
+# pattern's groups in order.
+_OUTPUT_KEYS = [
+    (r'norm_head\.(weight|bias)$', 'backbone', 'norm3.{}'),
+    (r'head\.(weight|bias)$', 'head', 'fc.{}'),
+    (r'head(\d)\.weight$', 'backbone', 'proj{}.conv.weight'),
+    (r'norm(\d)\.(weight|bias)$', 'backbone', 'proj{}.norm.{}'),
+]
+
 
 def _replace_prefix(rest: str, table) -> Optional[str]:
     for pattern, new in table:
@@ -101,18 +110,10 @@ def convert_official_key(key: str) -> Tuple[str, Optional[str]]:
             return 'backbone', new and f'stages.{stage}.{block}.{new}'
         new = _replace_prefix(rest, _FCA_BLOCK_KEYS)
         return 'backbone', new and f'stages.{stage}.blocks.{block}.{new}'
-    match = re.match(r'norm_head\.(weight|bias)$', key)
-    if match:
-        return 'backbone', f'norm3.{match.group(1)}'
-    match = re.match(r'head\.(weight|bias)$', key)
-    if match:
-        return 'head', f'fc.{match.group(1)}'
-    match = re.match(r'head(\d)\.weight$', key)
-    if match:
-        return 'backbone', f'proj{match.group(1)}.conv.weight'
-    match = re.match(r'norm(\d)\.(weight|bias)$', key)
-    if match:
-        return 'backbone', f'proj{match.group(1)}.norm.{match.group(2)}'
+    for pattern, part, template in _OUTPUT_KEYS:
+        match = re.match(pattern, key)
+        if match:
+            return part, template.format(*match.groups())
     return 'backbone', None
 
 
