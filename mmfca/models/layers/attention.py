@@ -2,7 +2,7 @@
 themselves and to the cross tokens of the earlier blocks, with a relative
 position bias and a learned depth bias."""
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -51,6 +51,26 @@ def resize_token_grids(values: torch.Tensor, blocks: int,
     return grid.reshape(*lead, blocks * side * side).to(values.dtype)
 
 
+#: The alignment, in elements, that PyTorch's memory-efficient CUDA
+#: attention kernel (the one a float mask takes) wants of an additive mask:
+#: every stride but the last a multiple of it. torch pads an unaligned mask
+#: on every call in eager mode and refuses it under ``torch.compile``
+#: ("attn_bias is not correctly aligned").
+MASK_ALIGNMENT = 8
+
+
+def aligned_length(length: int) -> int:
+    """``length`` rounded up to a multiple of :data:`MASK_ALIGNMENT`."""
+    return -(-length // MASK_ALIGNMENT) * MASK_ALIGNMENT
+
+
+def _follow_loaded_weights(module: 'ForwardCrossAttention',
+                           incompatible_keys) -> None:
+    """In deploy mode, precompute again from the weights just loaded."""
+    if module.deploy_bias is not None:
+        module.prepare_deploy()
+
+
 class ForwardCrossAttention(nn.Module):
     """Multi-head attention of the regular tokens over themselves and over
     the cross tokens of earlier blocks.
@@ -61,7 +81,7 @@ class ForwardCrossAttention(nn.Module):
     relative position bias, cross keys a learned depth bias (one value per
     cross token and head). Both biases enter
     :func:`torch.nn.functional.scaled_dot_product_attention` as an additive
-    mask.
+    mask (:meth:`attention_bias`).
 
     Args:
         embed_dims (int): Token channels.
@@ -88,9 +108,18 @@ class ForwardCrossAttention(nn.Module):
         self.head_dims = embed_dims // num_heads
         self.window_size = window_size
         self.num_cross_tokens = num_cross_tokens
-        # Set by :meth:`precompute_bias` (deploy mode); a non-persistent
-        # buffer so that it follows ``.to()``, ``.half()`` and the like.
+        self.num_queries = num_prefix_tokens + window_size * window_size
+        self.num_keys = self.num_queries + num_cross_tokens
+        #: The keys the mask is allocated with (:meth:`attention_bias`).
+        self.num_padded_keys = aligned_length(self.num_keys)
+        # Set by :meth:`prepare_deploy` (deploy mode): the padded mask and
+        # the cross tokens' folded key/value projection. Non-persistent
+        # buffers, so that they follow ``.to()``, ``.half()`` and the like.
         self.register_buffer('deploy_bias', None, persistent=False)
+        self.register_buffer('deploy_cross_weight', None, persistent=False)
+        self.register_buffer('deploy_cross_bias', None, persistent=False)
+        # After the submodules (qkv, cross_norm) have loaded as well.
+        self.register_load_state_dict_post_hook(_follow_loaded_weights)
 
         self.qkv = nn.Linear(embed_dims, embed_dims * 3)
         self.proj = nn.Linear(embed_dims, embed_dims)
@@ -135,31 +164,96 @@ class ForwardCrossAttention(nn.Module):
             state_dict[key] = resize_token_grids(
                 state_dict[key].transpose(1, 2), blocks, side).transpose(1, 2)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if self.deploy_bias is not None:
-            # Deploy mode: the precomputed mask follows the loaded tables.
-            self.precompute_bias()
-
     @torch.no_grad()
-    def precompute_bias(self) -> None:
-        """Store the attention mask for inference (deploy mode)."""
-        self.deploy_bias = None
-        self.deploy_bias = self.attention_bias().detach().clone()
+    def prepare_deploy(self) -> None:
+        """Deploy mode: store the padded attention mask and the cross
+        tokens' key/value projection with ``cross_norm``'s affine folded in
+        (:meth:`folded_cross_projection`)."""
+        self.deploy_bias = self._padded_bias()
+        if self.cross_norm is not None:
+            self.deploy_cross_weight, self.deploy_cross_bias = \
+                self.folded_cross_projection()
 
-    def attention_bias(self) -> torch.Tensor:
-        """The additive attention mask, ``(1, heads, N, N + cross)``; the
-        precomputed one after :meth:`precompute_bias`."""
-        if self.deploy_bias is not None:
-            return self.deploy_bias
+    def folded_cross_projection(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The key/value projection of the cross tokens with the affine of
+        ``cross_norm`` folded in, for deploy mode: ``W' = W_kv * gamma``,
+        ``b' = W_kv beta + b_kv``, so that a LayerNorm without affine and
+        ``W'``, ``b'`` give ``W_kv (gamma LN(x) + beta) + b_kv`` up to float
+        rounding. The LSFs before the norm do not fold: ``LN(s x)`` equals
+        ``LN(x)`` only for ``eps = 0``, so they stay a multiplication.
+
+        Returns:
+            tuple: ``W'`` ``(2 C, C)`` and ``b'`` ``(2 C, )``, computed in
+            at least float32 and returned in the projection's dtype.
+        """
+        if self.cross_norm is None:
+            raise ValueError(
+                'This attention has no cross tokens (the first block of a '
+                'stage), so it has no cross_norm to fold.')
+        channels = self.embed_dims
+        weight = self.qkv.weight[channels:]
+        bias = self.qkv.bias[channels:]
+        work = torch.promote_types(weight.dtype, torch.float32)
+        wide = weight.to(work)
+        folded_weight = wide * self.cross_norm.weight.to(work)
+        folded_bias = bias.to(work) + wide @ self.cross_norm.bias.to(work)
+        return folded_weight.to(weight.dtype), folded_bias.to(bias.dtype)
+
+    def _padded_bias(self) -> torch.Tensor:
+        """The mask from the tables, ``(1, heads, N, num_padded_keys)``: the
+        keys past ``N + cross`` are zeros that :meth:`attention_bias`
+        slices off."""
         bias = self.position_bias[:, self.position_bias_index].unsqueeze(0)
         if self.num_prefix_tokens > 0:
             prefix = self.num_prefix_tokens
             bias = F.pad(bias, [prefix, 0, prefix, 0])
-        if self.depth_bias is None:
-            return bias
-        depth = self.depth_bias.expand(-1, -1, bias.shape[-1], -1)
-        return torch.cat((bias, depth), dim=-1)
+        parts = [bias]
+        if self.depth_bias is not None:
+            parts.append(self.depth_bias.expand(-1, -1, self.num_queries, -1))
+        spare = self.num_padded_keys - self.num_keys
+        if spare > 0:
+            parts.append(
+                bias.new_zeros([1, self.num_heads, self.num_queries, spare]))
+        return torch.cat(parts, dim=-1)
+
+    def attention_bias(self,
+                       dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The additive attention mask, ``(1, heads, N, N + cross)``.
+
+        A view of a mask allocated with the keys rounded up to a multiple
+        of :data:`MASK_ALIGNMENT`, so that its strides suit torch's
+        memory-efficient CUDA kernel; it is cast before it is sliced, so
+        that the cast copy is aligned as well. The mask is precomputed in
+        deploy mode (:meth:`prepare_deploy`).
+
+        Args:
+            dtype (torch.dtype, optional): The queries' dtype: a float32
+                mask with float16 / bfloat16 queries gave silently wrong
+                results on cuDNN attention (PyTorch PR #191612). Defaults to
+                the tables' dtype.
+        """
+        bias = self.deploy_bias
+        if bias is None:
+            bias = self._padded_bias()
+        if dtype is not None:
+            bias = bias.to(dtype)
+        return bias[..., :self.num_keys]
+
+    def _cross_keys_values(self, cross: torch.Tensor) -> torch.Tensor:
+        """Keys and values of the cross tokens (their queries are not
+        needed), ``(B, cross, 2 * C)``: LSFs, ``cross_norm``, the key/value
+        part of ``qkv``; in deploy mode a LayerNorm without affine and the
+        folded projection (:meth:`folded_cross_projection`)."""
+        channels = self.embed_dims
+        cross = cross * self.cross_scale
+        if self.deploy_cross_weight is not None:
+            cross = F.layer_norm(cross, [channels], None, None,
+                                 self.cross_norm.eps)
+            return F.linear(cross, self.deploy_cross_weight,
+                            self.deploy_cross_bias)
+        return F.linear(
+            self.cross_norm(cross), self.qkv.weight[channels:],
+            self.qkv.bias[channels:])
 
     def _split_heads(self, x: torch.Tensor, parts: int) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -194,14 +288,10 @@ class ForwardCrossAttention(nn.Module):
         channels = self.embed_dims
         q, k, v = self._split_heads(qkv, 3).unbind(0)
         if self.cross_norm is not None and cross is not None:
-            cross = self.cross_norm(cross * self.cross_scale)
-            # Only keys and values are needed for the cross tokens.
-            kv_weight = self.qkv.weight[channels:]
-            kv_bias = self.qkv.bias[channels:]
             cross_k, cross_v = self._split_heads(
-                F.linear(cross, kv_weight, kv_bias), 2).unbind(0)
+                self._cross_keys_values(cross), 2).unbind(0)
             k = torch.cat((k, cross_k), dim=2)
             v = torch.cat((v, cross_v), dim=2)
-        x = biased_attention(q, k, v, self.attention_bias().to(q.dtype))
+        x = biased_attention(q, k, v, self.attention_bias(q.dtype))
         x = x.transpose(1, 2).reshape(batch, length, channels)
         return self.proj(x)

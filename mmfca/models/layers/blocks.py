@@ -287,6 +287,9 @@ class FcaBlock(nn.Module):
         self.ls2 = LayerScale(embed_dims, layer_scale_init_value)
         self.drop_path = DropPath(
             drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        #: Whether the branches are dropped in training (the padded path
+        #: then draws per window, see :meth:`_forward_padded`).
+        self.drops_path = drop_path_rate > 0
 
     def forward(
         self,
@@ -356,7 +359,7 @@ class FcaBlock(nn.Module):
         # the real tokens only, back in map order.
         x_real = x.reshape(batch, -1, channels).index_select(1, token_index)
         branch = self.ls2(self.ffn(self.norm2(x_real)))
-        if self.training:
+        if self.training and self.drops_path:
             # One draw per window, as drop path on the window batch.
             keep = self.drop_path(branch.new_ones(x.shape[0], 1, 1))
             keep = keep.reshape(batch, -1).index_select(1, token_window)

@@ -11,8 +11,11 @@ from .fast_paths import InferenceLinear
 def fold_for_inference(model: nn.Module) -> nn.Module:
     """Deploy mode, as LeViT and RepVGG have it: every conv-BN pair of
     ``model`` becomes one convolution, every attention precomputes its
-    bias mask, and every linear layer (the first of each channel MLP with
-    its GELU) runs as one oneDNN call where it runs on a CPU
+    bias mask and folds the affine of its cross tokens' LayerNorm into
+    their key/value projection
+    (:meth:`~mmfca.models.layers.ForwardCrossAttention.prepare_deploy`),
+    and every linear layer (the first of each channel MLP with its GELU)
+    runs as one oneDNN call where it runs on a CPU
     (:func:`~mmfca.models.layers.fast_paths.linear`). Outputs equal
     eval-mode outputs up to float rounding.
 
@@ -27,7 +30,7 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
             elif type(child) is nn.Linear:
                 setattr(module, name, InferenceLinear.sharing(child))
         if isinstance(module, ForwardCrossAttention):
-            module.precompute_bias()
+            module.prepare_deploy()
         if isinstance(module, (ConvNeXtBlock, FeedForward)):
             module.fused_linears = True
     return model
