@@ -130,6 +130,7 @@ def test_own_checkpoints_and_their_ema(tmp_path):
                        source.state_dict()[weight] + 1)
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_loads_strictly_into_the_classifier_config(
         official_cls, tmp_path):
     ckpt = official_cls['l1']

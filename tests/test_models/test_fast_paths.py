@@ -80,6 +80,7 @@ def test_deploy_mode_with_the_switch_off_calls_no_onednn_linear(l1):
         torch.testing.assert_close(got_fast, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_environment_variable_turns_the_fast_paths_off_at_import():
     script = ('from mmfca.models.layers import fast_paths_enabled; '
               'print(fast_paths_enabled())')
