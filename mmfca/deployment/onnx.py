@@ -1,16 +1,45 @@
-"""ONNX export of FcaFormer models, checked in onnxruntime."""
+"""ONNX export of FcaFormer models, checked, timed and inspected in ONNX
+Runtime.
+
+The export needs torch (and onnx, onnxscript); the checks and the
+inspection helpers onnxruntime. A timm FcaFormer classifier is exported
+where no OpenMMLab package is installed; a segmentor export needs mmseg.
+
+Inspection: :func:`ort_session` builds a session at a stated graph
+optimisation level (and can write the graph ORT runs), :func:`node_counts`
+counts a graph's nodes by op type, and :func:`profile_shares` gives each op
+type's share of the kernel time in ORT's own profile.
+"""
+import json
 import statistics
 import time
 import warnings
-from typing import Dict, List, Tuple, Union
+from collections import Counter
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from ..models.layers import (ConvBN, ConvNeXtBlock, FcaBlock,
+                             ForwardCrossAttention, fold_for_inference)
 from ..utils.tensor_forward import TensorForward
 from .segmentor import (SegmentorForward, exact_adaptive_pooling,
                         mmseg_inference)
+
+#: ``--ort-level`` names -> ORT's ``GraphOptimizationLevel`` members.
+#: ``all`` adds the layout optimisations (NCHWc convolutions on x86) to
+#: ``extended``.
+ORT_LEVELS = {
+    'disable': 'ORT_DISABLE_ALL',
+    'basic': 'ORT_ENABLE_BASIC',
+    'extended': 'ORT_ENABLE_EXTENDED',
+    'all': 'ORT_ENABLE_ALL',
+}
+#: The layers whose presence marks a module as (holding) an FcaFormer.
+FCAFORMER_LAYERS = (ConvBN, ConvNeXtBlock, FcaBlock, ForwardCrossAttention)
+#: The ONNX domains whose op types :func:`node_counts` writes bare.
+DEFAULT_DOMAINS = ('', 'ai.onnx')
 
 
 def _check_flags(dense: bool, segmentor: bool, argmax: bool) -> None:
@@ -22,22 +51,48 @@ def _check_flags(dense: bool, segmentor: bool, argmax: bool) -> None:
                          'only: pass segmentor=True (--segmentor).')
 
 
+def to_deploy_form(model: nn.Module) -> nn.Module:
+    """Fold ``model``'s FcaFormer for inference, in place: an OpenMMLab
+    model's backbone (or the backbone itself) by its
+    ``switch_to_deploy()``, once; any other module that holds FcaFormer
+    layers (a timm ``fcaformer_l*`` classifier) by
+    :func:`~mmfca.models.layers.fold_for_inference`. A module without
+    FcaFormer layers (ConvNeXt, Swin) is left as it is: it has nothing to
+    fold, and its own linear layers stay its own.
+
+    Args:
+        model (nn.Module): The model, in evaluation mode.
+
+    Returns:
+        nn.Module: ``model``.
+    """
+    for candidate in (getattr(model, 'backbone', None), model):
+        if hasattr(candidate, 'switch_to_deploy'):
+            if not getattr(candidate, 'deploy', False):
+                candidate.switch_to_deploy()
+            return model
+    if any(isinstance(module, FCAFORMER_LAYERS) for module in model.modules()):
+        fold_for_inference(model)
+    return model
+
+
 def prepared(model: nn.Module,
              dense: bool,
              device: Union[str, torch.device] = 'cpu',
              segmentor: bool = False,
              argmax: bool = False) -> nn.Module:
-    """Evaluation mode, deploy-mode backbone, on ``device``, wrapped for
-    export: the classifier (images -> logits), with ``dense`` the backbone
-    (images -> stage outputs), with ``segmentor`` the whole mmseg
-    segmentor (images -> logits or labels at the input size, see
-    :class:`SegmentorForward`). The backbone is folded first and then
-    moved, so every tensor its forward uses (folded convolutions, bias
-    masks) ends on ``device``.
+    """Evaluation mode, deploy form (see :func:`to_deploy_form`), on
+    ``device``, wrapped for export: the classifier (images -> logits),
+    with ``dense`` the backbone (images -> stage outputs), with
+    ``segmentor`` the whole mmseg segmentor (images -> logits or labels at
+    the input size, see :class:`SegmentorForward`). The model is folded
+    first and then moved, so every tensor its forward uses (folded
+    convolutions, bias masks) ends on ``device``.
 
     Args:
         model (nn.Module): An mmpretrain classifier, or a segmentor /
-            detector whose backbone is FcaFormer.
+            detector whose backbone is FcaFormer, or a timm FcaFormer
+            classifier (any module that takes a batch of images).
         dense (bool): Export only the backbone.
         device (str | torch.device): Where the model goes.
         segmentor (bool): Export the whole segmentor.
@@ -45,10 +100,7 @@ def prepared(model: nn.Module,
     """
     _check_flags(dense, segmentor, argmax)
     model.eval()
-    backbone = getattr(model, 'backbone', None)
-    if backbone is not None and hasattr(backbone, 'switch_to_deploy') and \
-            not backbone.deploy:
-        backbone.switch_to_deploy()
+    to_deploy_form(model)
     if segmentor:
         wrapper = SegmentorForward(model, argmax)
     else:
@@ -244,3 +296,158 @@ def time_onnx(model: nn.Module,
         ratio_min=min(ratios),
         ratio_max=max(ratios),
         rounds=rounds)
+
+
+def ort_session(path: str,
+                threads: int = 2,
+                level: str = 'all',
+                optimized_path: Optional[str] = None,
+                profile_prefix: Optional[str] = None,
+                providers: Sequence[str] = ('CPUExecutionProvider', )):
+    """An ONNX Runtime session of the file ``path``, its settings stated.
+
+    Args:
+        path (str): The .onnx file.
+        threads (int): Intra-op threads; one inter-op thread. Idle threads
+            sleep rather than spin, so a session timed in rounds with
+            other calls does not take their cores.
+        level (str): Graph optimisation level, a key of
+            :data:`ORT_LEVELS` ('all', ORT's default, includes the layout
+            optimisations).
+        optimized_path (str, optional): Write the graph ORT runs (after
+            its optimisations) to this .onnx file, to read what ORT made
+            of the export (:func:`node_counts`). A graph optimised at
+            'all' may hold layout nodes of this machine's CPU.
+        profile_prefix (str, optional): Profile every run into a JSON file
+            whose name starts with this prefix (ORT's own profiler,
+            ``SessionOptions.enable_profiling``); ``end_profiling()``
+            returns its name (see :func:`profile_shares`). The profiler
+            costs time: profile a session of its own, not a timed one.
+        providers (sequence): Execution providers, in order of preference.
+
+    Returns:
+        onnxruntime.InferenceSession: The session.
+    """
+    import onnxruntime
+    if level not in ORT_LEVELS:
+        raise ValueError(f'level must be one of {sorted(ORT_LEVELS)}, got '
+                         f'{level!r}.')
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = getattr(
+        onnxruntime.GraphOptimizationLevel, ORT_LEVELS[level])
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    if optimized_path is not None:
+        options.optimized_model_filepath = optimized_path
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return onnxruntime.InferenceSession(
+        path, options, providers=list(providers))
+
+
+def _graph_nodes(graph) -> List:
+    """The nodes of an ONNX graph and of the subgraphs its nodes hold
+    (``If`` branches, ``Loop`` bodies)."""
+    import onnx
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                nodes.extend(_graph_nodes(attribute.g))
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    nodes.extend(_graph_nodes(subgraph))
+    return nodes
+
+
+def _op_name(node) -> str:
+    """A node's op type, after its domain where that is not the default
+    one."""
+    if node.domain in DEFAULT_DOMAINS:
+        return node.op_type
+    return f'{node.domain}:{node.op_type}'
+
+
+def node_counts(model) -> Counter:
+    """The nodes of an ONNX graph by op type: bare for the default domain,
+    ``domain:op_type`` for others (``com.microsoft.nchwc:Conv``), nodes
+    of subgraphs included, those of model-local functions not (the
+    exporter inlines them).
+
+    Args:
+        model (str | onnx.ModelProto): An .onnx file (an export, or the
+            graph an :func:`ort_session` wrote) or a loaded model.
+
+    Returns:
+        Counter: Op type -> number of nodes.
+    """
+    import onnx
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    return Counter(_op_name(node) for node in _graph_nodes(model.graph))
+
+
+def kernel_shares(events: Sequence[dict],
+                  skip_runs: int = 0) -> Dict[str, float]:
+    """Each op type's share of the kernel time in an ORT profile: the
+    ``dur`` of its 'Node' ``*_kernel_time`` events over all of theirs,
+    leaving out the first ``skip_runs`` runs (the 'Session' ``model_run``
+    events mark them).
+
+    Args:
+        events (sequence): The profile's events (its JSON list).
+        skip_runs (int): Untimed runs at the start (warm-up).
+
+    Returns:
+        dict: Op type (ORT's ``op_name``, without its domain) -> share,
+        largest first; the shares sum to 1.
+
+    Raises:
+        ValueError: The profile holds no kernel event after the skipped
+            runs (a session made without profiling, or no run profiled).
+    """
+    runs = sorted(
+        event['ts'] for event in events
+        if event.get('cat') == 'Session' and event.get('name') == 'model_run')
+    if skip_runs and skip_runs >= len(runs):
+        raise ValueError(f'The profile has {len(runs)} runs; cannot skip '
+                         f'{skip_runs}.')
+    begin = runs[skip_runs] if skip_runs else float('-inf')
+    totals: Counter = Counter()
+    for event in events:
+        if event.get('cat') == 'Node' and event['ts'] >= begin and \
+                event['name'].endswith('_kernel_time'):
+            totals[event['args']['op_name']] += event['dur']
+    total = sum(totals.values())
+    if not total:
+        raise ValueError('The profile holds no kernel time: profile a '
+                         'session made with profile_prefix and run it.')
+    return {op: value / total for op, value in totals.most_common()}
+
+
+def profile_shares(session,
+                   feed: Dict[str, np.ndarray],
+                   runs: int = 20,
+                   warmup: int = 3) -> Dict[str, float]:
+    """Run a profiling session (:func:`ort_session` with
+    ``profile_prefix``) ``warmup + runs`` times on ``feed``, end its
+    profile and return :func:`kernel_shares` of the last ``runs`` runs.
+
+    Args:
+        session (onnxruntime.InferenceSession): Made with profiling on;
+            its profile ends here (the file stays where the prefix put
+            it).
+        feed (dict): Input name -> array.
+        runs (int): Profiled runs that count.
+        warmup (int): Runs first that do not (first-run allocations).
+
+    Returns:
+        dict: Op type -> share of the kernel time, largest first.
+    """
+    for _ in range(warmup + runs):
+        session.run(None, feed)
+    with open(session.end_profiling()) as file:
+        return kernel_shares(json.load(file), skip_runs=warmup)

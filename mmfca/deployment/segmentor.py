@@ -17,7 +17,6 @@ from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from mmengine.config import ConfigDict
 
 from ..utils.tensor_forward import image_meta, is_segmentor
 from ..utils.versions import check_verified
@@ -146,6 +145,9 @@ class SegmentorForward(nn.Module):
 @contextlib.contextmanager
 def whole_image_testing(model: nn.Module) -> Iterator[nn.Module]:
     """``model.test_cfg.mode`` is 'whole' within the context."""
+    # Here, not at the top: the deployment modules import without mmengine
+    # for models that are not mmseg's.
+    from mmengine.config import ConfigDict
     original = model.test_cfg
     model.test_cfg = ConfigDict({**(original or {}), 'mode': 'whole'})
     try:

@@ -3,12 +3,16 @@
 Counting FLOPs (a trace), exporting to ONNX and timing all call a model on
 one image tensor, while mmpretrain, mmseg and mmdet models take data samples
 and a ``mode``. :class:`TensorForward` is that call, for all three.
+
+This module imports no OpenMMLab package: it recognises their models by
+the classes of the modules already imported (a model of a codebase has
+imported them), so it also wraps a plain module (a timm model) where
+only torch is installed.
 """
 import sys
 
 import torch
 import torch.nn as nn
-from mmengine.model import BaseModel
 
 OUTPUTS = ('tensor', 'predict', 'backbone')
 
@@ -25,6 +29,12 @@ def is_detector(model: nn.Module) -> bool:
     """Whether ``model`` is an mmdet detector (it needs per-image meta
     information in every mode)."""
     return _is_instance(model, 'mmdet.models.detectors.base', 'BaseDetector')
+
+
+def is_openmmlab_model(model: nn.Module) -> bool:
+    """Whether ``model`` is an mmengine ``BaseModel`` (it takes a
+    ``mode``)."""
+    return _is_instance(model, 'mmengine.model', 'BaseModel')
 
 
 def is_segmentor(model: nn.Module) -> bool:
@@ -97,6 +107,6 @@ class TensorForward(nn.Module):
         if self.output == 'predict' and is_segmentor(model):
             return model.inference(inputs,
                                    [image_meta(inputs)] * inputs.shape[0])
-        if isinstance(model, BaseModel):
+        if is_openmmlab_model(model):
             return model(inputs, mode='tensor')
         return model(inputs)

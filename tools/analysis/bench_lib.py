@@ -13,11 +13,26 @@ The clock is read after the device's queued work is done (CUDA is
 synchronised), inference calls run without autograd and, with ``--amp``,
 under autocast on the device's type.
 
+Process state: the same forward runs at different speeds in processes
+whose allocator is in different states. glibc's malloc serves a block at
+or above its mmap threshold with a fresh mapping (page faults on first
+touch, unmapped when freed), and returns the top of its heap to the system
+above its trim threshold; both thresholds start at 128 KiB and move up
+(to 32 and 64 MiB at most) whenever a mapped block is freed, so what a
+process allocated and freed before timing (building models, counting
+MACs) changes the speed of the large activations after it. With
+``--malloc pinned`` (:func:`add_run_arguments`) :func:`start` fixes both
+thresholds at those maxima (:data:`MALLOC_PINNED`, through ``mallopt``,
+which also stops their moving), so a run's state no longer depends on its
+history; ``--malloc default`` leaves glibc's moving thresholds. Every run
+records its state (:func:`process_state`).
+
 This module imports only torch and the standard library, so it also runs
 on a machine with torch alone.
 """
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import os.path as osp
@@ -29,6 +44,22 @@ import torch
 
 AMP_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16}
 METHOD = 'paired rounds, median of per-round ratios [quartiles]'
+#: glibc's ``mallopt`` parameters (malloc.h).
+MALLOPT_PARAMETERS = {'M_TRIM_THRESHOLD': -1, 'M_MMAP_THRESHOLD': -3}
+#: What ``--malloc pinned`` fixes, in bytes: the largest values glibc's
+#: dynamic thresholds reach on a 64-bit system
+#: (``DEFAULT_MMAP_THRESHOLD_MAX`` and twice it), from the start of the run.
+MALLOC_PINNED = {
+    'M_MMAP_THRESHOLD': 32 * 2**20,
+    'M_TRIM_THRESHOLD': 64 * 2**20
+}
+MALLOC_MODES = ('pinned', 'default')
+#: Environment variables that change the allocator or the threads, recorded
+#: with the process state where they are set.
+STATE_VARIABLES = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_',
+                   'MALLOC_TOP_PAD_', 'MALLOC_MMAP_MAX_', 'MALLOC_ARENA_MAX',
+                   'GLIBC_TUNABLES', 'LD_PRELOAD', 'OMP_NUM_THREADS',
+                   'MKL_NUM_THREADS', 'MMFCA_FAST_PATHS')
 
 
 def device_name(name: str) -> str:
@@ -61,11 +92,93 @@ def positive_int(text: str) -> int:
     return value
 
 
+def glibc() -> Optional[ctypes.CDLL]:
+    """The C library of this process if it is glibc (it has ``mallopt``
+    and ``mallinfo2``), else None (macOS, musl)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+    except (OSError, AttributeError):
+        return None
+    if not hasattr(libc, 'mallopt'):
+        return None
+    return libc
+
+
+def pin_malloc(settings: Optional[Dict[str, int]] = None) -> None:
+    """Fix glibc's allocator thresholds for the rest of the process
+    (``mallopt``; a threshold set this way no longer moves).
+
+    Args:
+        settings (dict, optional): ``mallopt`` parameter name (a key of
+            :data:`MALLOPT_PARAMETERS`) -> bytes. Defaults to
+            :data:`MALLOC_PINNED`.
+
+    Raises:
+        RuntimeError: Not glibc, or glibc refused a value.
+    """
+    libc = glibc()
+    if libc is None:
+        raise RuntimeError(
+            'Pinning the allocator needs glibc (mallopt), which this '
+            'process does not use: pass --malloc default.')
+    for name, value in (settings or MALLOC_PINNED).items():
+        if libc.mallopt(MALLOPT_PARAMETERS[name], value) != 1:
+            raise RuntimeError(f'glibc refused mallopt({name}, {value}).')
+
+
+def process_state(malloc: Optional[str], **state) -> dict:
+    """What the speed of an eager forward depends on besides the model:
+    the allocator's settings, the thread counts, the environment variables
+    of :data:`STATE_VARIABLES` that are set, and the tool's own entries.
+
+    Args:
+        malloc (str, optional): The ``--malloc`` mode, None for a tool
+            without the option (glibc's defaults, or the environment's).
+        **state: The tool's entries (e.g. where it counted MACs).
+    """
+    libc = glibc()
+    allocator = dict(
+        mode=malloc or 'default',
+        glibc=libc.gnu_get_libc_version().decode() if libc else None)
+    if malloc == 'pinned':
+        allocator.update(MALLOC_PINNED)
+    else:
+        allocator['thresholds'] = ('glibc dynamic (128 KiB at start, up to '
+                                   '32 / 64 MiB as mapped blocks are freed)')
+    return dict(
+        malloc=allocator,
+        threads=torch.get_num_threads(),
+        interop_threads=torch.get_num_interop_threads(),
+        environment={
+            name: os.environ[name]
+            for name in STATE_VARIABLES if name in os.environ
+        },
+        **state)
+
+
+def state_text(state: dict) -> str:
+    """A :func:`process_state` on one line."""
+    allocator = state['malloc']
+    settings = ', '.join(f'{name} {allocator[name]}' for name in MALLOC_PINNED
+                         if name in allocator)
+    extra = [
+        f'{key} {value}' for key, value in state.items()
+        if key not in ('malloc', 'threads', 'interop_threads', 'environment')
+    ]
+    return ', '.join([
+        f'malloc {allocator["mode"]}' + (f' ({settings})' if settings else ''),
+        f'threads {state["threads"]} (inter-op '
+        f'{state["interop_threads"]})'
+    ] + extra + [f'environment {state["environment"] or "-"}'])
+
+
 def add_run_arguments(parser: argparse.ArgumentParser,
                       repeat: int,
                       out: str,
                       amp: bool = True,
-                      repeat_help: str = 'timed rounds') -> None:
+                      repeat_help: str = 'timed rounds',
+                      malloc: bool = False) -> None:
     """The options every benchmark tool has.
 
     Args:
@@ -75,6 +188,9 @@ def add_run_arguments(parser: argparse.ArgumentParser,
         amp (bool): Whether the tool offers ``--amp`` (inference under
             autocast, or training steps that autocast their forward).
         repeat_help (str): What ``--repeat`` counts in this tool.
+        malloc (bool): Whether the tool offers ``--malloc`` (the
+            allocator's state, see the module docstring), for tools whose
+            eager CPU figures are compared across runs.
     """
     parser.add_argument(
         '--device',
@@ -100,6 +216,17 @@ def add_run_arguments(parser: argparse.ArgumentParser,
             '--amp',
             choices=sorted(AMP_DTYPES),
             help='autocast to this dtype on the device type')
+    if malloc:
+        pinned = ', '.join(f'{name}={value}'
+                           for name, value in MALLOC_PINNED.items())
+        parser.add_argument(
+            '--malloc',
+            choices=MALLOC_MODES,
+            default='pinned' if glibc() else 'default',
+            help=f'glibc allocator state: pinned = thresholds fixed from '
+            f'the start ({pinned} bytes, mallopt), so the run does not '
+            f'depend on what the process freed before; default = glibc\'s '
+            f'moving thresholds (default: pinned with glibc)')
     parser.add_argument(
         '--out',
         default=out,
@@ -107,15 +234,24 @@ def add_run_arguments(parser: argparse.ArgumentParser,
         help=f'JSON file of the results ({out})')
 
 
-def start(args: argparse.Namespace, **settings) -> dict:
-    """Set the thread count, print the run's settings and return them as
-    the first entries of its results.
+def start(args: argparse.Namespace,
+          state: Optional[dict] = None,
+          **settings) -> dict:
+    """Set the thread count (and with ``--malloc pinned`` the allocator's
+    thresholds), print the run's settings and return them as the first
+    entries of its results.
 
     Args:
         args (Namespace): Parsed by a parser with :func:`add_run_arguments`.
+        state (dict, optional): The tool's entries of the process state
+            (:func:`process_state`); with them, or with ``--malloc``, the
+            results hold ``process_state`` and it is printed.
         **settings: The tool's own settings to record (e.g. ``mode``).
     """
     torch.set_num_threads(args.threads)
+    malloc = getattr(args, 'malloc', None)
+    if malloc == 'pinned':
+        pin_malloc()
     results = dict(
         device=args.device,
         threads=args.threads,
@@ -124,6 +260,9 @@ def start(args: argparse.Namespace, **settings) -> dict:
         **settings,
         method=METHOD)
     print(', '.join(f'{key} {value}' for key, value in results.items()))
+    if malloc is not None or state is not None:
+        results['process_state'] = process_state(malloc, **(state or {}))
+        print(f'process state: {state_text(results["process_state"])}')
     return results
 
 

@@ -5,12 +5,19 @@ ConvNeXt-T and Swin-T (and the official FcaFormer-L2), random weights.
         [--mode deploy|eval] [--compile] [--device cpu] [--threads 2]
         [--amp fp16|bf16] [--repeat 20] [--sgemm-size 1024]
         [--throughput] [--throughput-repeat 5] [--memory]
+        [--malloc pinned|default] [--macs subprocess|in-process]
         [--plot work_dirs/latency.png] [--out work_dirs/latency.json]
 
 Batch-1 latency in paired rounds (see bench_lib): the table gives each
 model's median ms [quartiles] and the median of its per-round ratios to
 ConvNeXt-T and to the official L2 [quartiles] (range). Each model's MACs
-are counted first (mmengine's counter, attention included).
+(mmengine's counter, attention included) are counted in a fresh
+interpreter, so that what the count allocates and frees leaves the
+allocator of the timing process as it was; ``--macs in-process`` counts
+them in this process before timing instead (the tool's earlier order), to
+compare process states. The process state (``--malloc``, see bench_lib;
+where the MACs were counted, the thread counts, the fast-paths switch) is
+printed and saved with the results.
 
 On the CPU in float32 the rounds also time a square float32 matrix
 product (``--sgemm-size``) as one more call, and the tool reports each
@@ -28,10 +35,13 @@ See bench_models for ``--mode``.
 import argparse
 import copy
 import functools
+import json
 import multiprocessing as mp
 import os
 import os.path as osp
 import resource
+import subprocess
+import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -42,10 +52,21 @@ from bench_models import (CLASSIFIERS, OFFICIAL, add_mode_argument,
                           forward_call, model_from_config, official_l2,
                           prepare)
 
+from mmfca.models.layers import fast_paths_enabled
 from mmfca.utils import complexity
 
 SGEMM = 'sgemm'
 REFERENCES = ('ConvNeXt-T', OFFICIAL)
+#: ``--macs`` -> what the process state records.
+MAC_PLACES = {
+    'subprocess': 'counted in a subprocess',
+    'in-process': 'counted in this process, before timing',
+}
+#: What the MAC subprocess runs: this tool's :func:`count_macs` on the
+#: models of the argv it is given, GMACs as JSON on the last line.
+MAC_CHILD = ('import json, sys; sys.path.insert(0, sys.argv[1]); '
+             'import latency; args = latency.parse_args(sys.argv[2:]); '
+             'print(json.dumps(latency.count_macs(latency.builders(args))))')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -72,7 +93,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser,
         repeat=20,
         out='work_dirs/latency.json',
-        repeat_help='timed rounds of the batch-1 latency')
+        repeat_help='timed rounds of the batch-1 latency',
+        malloc=True)
+    parser.add_argument(
+        '--macs',
+        choices=list(MAC_PLACES),
+        default='subprocess',
+        help='where the MACs are counted: subprocess = a fresh interpreter '
+        '(default; the timing process never runs the count); in-process = '
+        'this process, before timing (the earlier order: under --malloc '
+        'default, the count moves glibc\'s thresholds and the timings '
+        'with them), to compare process states')
     parser.add_argument(
         '--sgemm-size',
         type=positive_int,
@@ -184,6 +215,35 @@ def peak_memory_mb(build: Callable[[], torch.nn.Module], device: str,
     return value
 
 
+def gmacs(model: torch.nn.Module) -> float:
+    """GMACs of one 224x224 forward of ``model`` (a copy is traced, so the
+    model itself keeps no hooks)."""
+    images = torch.randn(1, 3, 224, 224)
+    return complexity(copy.deepcopy(model), images)['macs'] / 1e9
+
+
+def count_macs(build: Dict[str, Callable]) -> Dict[str, float]:
+    """:func:`gmacs` of each model ``build`` makes (name -> builder)."""
+    return {name: gmacs(call()) for name, call in build.items()}
+
+
+def macs_in_subprocess(args: argparse.Namespace) -> Dict[str, float]:
+    """:func:`count_macs` of the models of ``args``, run in a fresh
+    interpreter (on the CPU), so that none of what the count allocates and
+    frees passes through this process's allocator."""
+    argv = ['--device', 'cpu', '--mode', args.mode, '--models', *args.models]
+    if args.official:
+        argv += ['--official', args.official]
+    tools = osp.dirname(osp.abspath(__file__))
+    command = [sys.executable, '-c', MAC_CHILD, tools, *argv]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f'Counting the MACs in a subprocess failed '
+                         f'(exit {result.returncode}):\n'
+                         f'{result.stderr[-3000:]}')
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def builders(args: argparse.Namespace) -> Dict[str, Callable]:
     """Name -> a call that builds the classifier, in ``--mode``."""
     calls = {
@@ -283,13 +343,19 @@ def plot(summary: Dict[str, dict], macs: Dict[str, float], path: str,
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
-    results = start(args, mode=args.mode, compile=args.compile)
+    results = start(
+        args,
+        state=dict(
+            macs=MAC_PLACES[args.macs], fast_paths=fast_paths_enabled()),
+        mode=args.mode,
+        compile=args.compile)
     build = builders(args)
-    models, macs = {}, {}
+    macs = macs_in_subprocess(args) if args.macs == 'subprocess' else {}
+    models = {}
     for name, call in build.items():
         model = call()
-        macs[name] = complexity(
-            copy.deepcopy(model), torch.randn(1, 3, 224, 224))['macs'] / 1e9
+        if args.macs == 'in-process':
+            macs[name] = gmacs(model)
         models[name] = prepare(model, args.device, args.compile)
     results['gmacs_224'] = macs
     summary = latency_table(models, macs, args, results)
