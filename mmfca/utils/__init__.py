@@ -1,14 +1,15 @@
-"""Checkpoint reading (torch alone), and MAC counting and a tensor-in,
-tensor-out view of OpenMMLab models (both need mmengine: they are imported
-when first used, so that ``import mmfca.utils`` needs torch alone)."""
+"""Checkpoint reading (torch alone), MAC counting (needs mmengine) and a
+tensor-in, tensor-out view of models (torch alone; OpenMMLab models where
+their codebase is loaded). The last two are imported when first used, so
+that ``import mmfca.utils`` needs torch alone."""
 import importlib
 from typing import Any
 
 from .serialization import (checkpoint_globals, load_checkpoint_file,
                             safe_globals)
 
-#: Names that need mmengine, and the modules that define them.
-_NEEDS_MMENGINE = {
+#: Names imported when first used, and the modules that define them.
+_LAZY = {
     'complexity': '.mac_counting',
     'TensorForward': '.tensor_forward',
 }
@@ -20,7 +21,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _NEEDS_MMENGINE:
+    if name not in _LAZY:
         raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    module = importlib.import_module(_NEEDS_MMENGINE[name], __name__)
+    module = importlib.import_module(_LAZY[name], __name__)
     return getattr(module, name)
