@@ -5,7 +5,6 @@ import importlib
 import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 import onnx
@@ -14,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from analysis_tools import analysis_tool
 from onnx import helper
 
 from mmfca.deployment.onnx import (ORT_LEVELS, export_onnx, kernel_shares,
@@ -21,18 +21,7 @@ from mmfca.deployment.onnx import (ORT_LEVELS, export_onnx, kernel_shares,
 
 REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ANALYSIS = os.path.join(REPO, 'tools', 'analysis')
 SHAPE = (4, 8)
-
-
-def analysis_tool(name):
-    """A module of tools/analysis, imported as its tools import each other
-    (tools/analysis on sys.path)."""
-    sys.path.insert(0, ANALYSIS)
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.pop(0)
 
 
 def torch_timm_only():

@@ -10,12 +10,11 @@
   buffer, a tensor made on the CPU in forward) raises "Tensor on device cpu
   is not on the expected device meta", as it would on a GPU.
 """
-import importlib
 import json
 import os
-import sys
 
 import torch
+from analysis_tools import analysis_tool
 from conftest import L2_DENSE_WIDTHS
 
 from mmfca.apis import build_model, load_config
@@ -182,16 +181,6 @@ def test_training_step_runs_on_meta():
     sum(out.sum() for out in outs).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert len(grads) > 0 and on_meta(grads)
-
-
-def analysis_tool(name):
-    """A module of tools/analysis, imported as its tools import each other
-    (tools/analysis on sys.path)."""
-    sys.path.insert(0, os.path.join(REPO, 'tools', 'analysis'))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.pop(0)
 
 
 def test_latency_moves_models_and_inputs_to_its_device(tmp_path):

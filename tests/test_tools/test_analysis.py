@@ -1,7 +1,6 @@
 """The tensor adapter of the analysis and export tools, the block
 profiler's clock, the benchmark tools' paired rounds and ratios, their
 training and runtime tables, and the codebases' complexity counter."""
-import importlib
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from analysis_tools import ANALYSIS, analysis_tool
 
 from mmfca.apis import build_model, load_config
 from mmfca.models import FcaFormer
@@ -22,17 +22,6 @@ pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ANALYSIS = os.path.join(REPO, 'tools', 'analysis')
-
-
-def analysis_tool(name):
-    """A module of tools/analysis, imported as its tools import each other
-    (tools/analysis on sys.path)."""
-    sys.path.insert(0, ANALYSIS)
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.pop(0)
 
 
 def test_tensor_forward_runs_a_segmentor_with_and_without_inference():

@@ -2,7 +2,6 @@
 cpu --quick`` run has every case in its summary table and its JSON, in a
 process where the OpenMMLab packages cannot be imported; its pairing,
 budget and docs hold."""
-import importlib
 import json
 import os
 import re
@@ -14,12 +13,12 @@ import time
 import pytest
 import timm
 import torch
+from analysis_tools import ANALYSIS, analysis_tool
 
 import mmfca  # noqa: F401  registers fcaformer_l* in timm
 
 REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ANALYSIS = os.path.join(REPO, 'tools', 'analysis')
 SCRIPT = os.path.join(ANALYSIS, 'cuda_latency.py')
 FCA, CNX = 'FcaFormer-L2', 'ConvNeXt-T'
 # Runs the script as ``python SCRIPT ARGS`` does (its folder first on
@@ -35,11 +34,7 @@ WITHOUT_OPENMMLAB = (
 
 def cuda_latency():
     """The tool as a module, imported as the tools import each other."""
-    sys.path.insert(0, ANALYSIS)
-    try:
-        return importlib.import_module('cuda_latency')
-    finally:
-        sys.path.pop(0)
+    return analysis_tool('cuda_latency')
 
 
 @pytest.fixture(scope='module')
