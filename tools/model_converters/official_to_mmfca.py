@@ -27,9 +27,8 @@ import torch
 from mmfca.models import FcaFormer
 from mmfca.models.layers import FCAFORMER_ARCHS, is_plain
 from mmfca.models.utils.checkpoint import (convert_official_state_dict,
-                                           describe_arch,
-                                           fit_backbone_weights, infer_arch,
-                                           is_official_layout,
+                                           describe_arch, fit_backbone_weights,
+                                           infer_arch, is_official_layout,
                                            select_state_dict, strip_prefix,
                                            top_level_names)
 from mmfca.utils.serialization import load_checkpoint_file
