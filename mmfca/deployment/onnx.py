@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 
 from ..models.layers import (ConvBN, ConvNeXtBlock, FcaBlock,
-                             ForwardCrossAttention, fold_for_inference)
+                             ForwardCrossAttention, fold_for_inference,
+                             onnx_export_form)
 from ..utils.tensor_forward import TensorForward
 from .segmentor import (SegmentorForward, exact_adaptive_pooling,
                         mmseg_inference)
@@ -36,6 +37,11 @@ ORT_LEVELS = {
     'extended': 'ORT_ENABLE_EXTENDED',
     'all': 'ORT_ENABLE_ALL',
 }
+#: The fixed-size (torch.export-based) export's opset: the first with the
+#: Attention operator that :func:`onnx_export_form` records.
+FIXED_SIZE_OPSET = 23
+#: The dynamic (TorchScript-based) export's opset.
+DYNAMIC_OPSET = 17
 #: The layers whose presence marks a module as (holding) an FcaFormer.
 FCAFORMER_LAYERS = (ConvBN, ConvNeXtBlock, FcaBlock, ForwardCrossAttention)
 #: The ONNX domains whose op types :func:`node_counts` writes bare.
@@ -118,6 +124,12 @@ def export_onnx(model: nn.Module,
                 argmax: bool = False) -> None:
     """Export to ``path``.
 
+    A fixed-size export (the default) records the model in its ONNX export
+    form (:func:`~mmfca.models.layers.onnx_export_form`): one Attention
+    node per attention (opset 23), masks of their real length, the layer
+    scales folded; whole windows stay partitioned. The model is put back
+    afterwards.
+
     Adaptive average pooling to more than one bin (UperNet's PPM) is
     exported as :class:`~mmfca.deployment.segmentor.ExactAdaptiveAvgPool2d`
     (exact at every input size); the model's own modules are put back
@@ -148,8 +160,13 @@ def export_onnx(model: nn.Module,
     with torch.no_grad(), warnings.catch_warnings(), \
             exact_adaptive_pooling(model):
         if not dynamic:
-            torch.onnx.export(
-                wrapper, (images, ), path, input_names=['images'], dynamo=True)
+            with onnx_export_form(wrapper):
+                torch.onnx.export(
+                    wrapper, (images, ),
+                    path,
+                    input_names=['images'],
+                    opset_version=FIXED_SIZE_OPSET,
+                    dynamo=True)
             return
         # The legacy exporter is deprecated in favour of torch.export but
         # is the one that handles these dynamic shapes.
@@ -177,7 +194,7 @@ def export_onnx(model: nn.Module,
             input_names=['images'],
             output_names=names,
             dynamic_axes=axes,
-            opset_version=17,
+            opset_version=DYNAMIC_OPSET,
             dynamo=False)
 
 

@@ -22,7 +22,7 @@ from .arch import (FCAFORMER_ARCHS, init_fcaformer_weights, is_plain,
                    num_conv_stages, parse_arch, parse_window_size)
 from .attention import ForwardCrossAttention
 from .blocks import ConvBN, ConvNeXtBlock, FcaBlock, FeedForward
-from .deploy import fold_for_inference
+from .deploy import fold_for_inference, onnx_export_form
 from .fast_paths import fast_paths_enabled, set_fast_paths, use_fast_paths
 from .heads import OutputProjection, add_class_token
 from .stage import FcaStage, build_fcaformer_layers, set_grad_checkpointing
@@ -33,8 +33,8 @@ __all__ = [
     'FCAFORMER_ARCHS', 'init_fcaformer_weights', 'is_plain', 'num_conv_stages',
     'parse_arch', 'parse_window_size', 'ForwardCrossAttention', 'ConvBN',
     'ConvNeXtBlock', 'FcaBlock', 'FeedForward', 'fold_for_inference',
-    'fast_paths_enabled', 'set_fast_paths', 'use_fast_paths',
-    'OutputProjection', 'add_class_token', 'FcaStage',
+    'onnx_export_form', 'fast_paths_enabled', 'set_fast_paths',
+    'use_fast_paths', 'OutputProjection', 'add_class_token', 'FcaStage',
     'build_fcaformer_layers', 'set_grad_checkpointing', 'symbolic_shapes',
     'grid_to_map', 'map_to_grid'
 ]

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .fast_paths import biased_attention
+from .tracing import onnx_dynamo_export
 
 
 def relative_position_index(window_size: int) -> torch.Tensor:
@@ -112,6 +113,10 @@ class ForwardCrossAttention(nn.Module):
         self.num_keys = self.num_queries + num_cross_tokens
         #: The keys the mask is allocated with (:meth:`attention_bias`).
         self.num_padded_keys = aligned_length(self.num_keys)
+        #: Export the attention as one ONNX Attention node (opset 23) when
+        #: the torch.export-based ONNX exporter records the forward; set
+        #: by :func:`~mmfca.models.layers.deploy.onnx_export_form`.
+        self.onnx_attention = False
         # Set by :meth:`prepare_deploy` (deploy mode): the padded mask and
         # the cross tokens' folded key/value projection. Non-persistent
         # buffers, so that they follow ``.to()``, ``.half()`` and the like.
@@ -284,6 +289,9 @@ class ForwardCrossAttention(nn.Module):
                 tokens, ``(B, N, 3 * C)``.
             cross (torch.Tensor, optional): As in :meth:`forward`.
         """
+        if not torch.jit.is_scripting():
+            if self.onnx_attention and onnx_dynamo_export():
+                return self.proj(self.onnx_attend(qkv, cross))
         batch, length, _ = qkv.shape
         channels = self.embed_dims
         q, k, v = self._split_heads(qkv, 3).unbind(0)
@@ -295,3 +303,39 @@ class ForwardCrossAttention(nn.Module):
         x = biased_attention(q, k, v, self.attention_bias(q.dtype))
         x = x.transpose(1, 2).reshape(batch, length, channels)
         return self.proj(x)
+
+    def onnx_attend(self,
+                    qkv: torch.Tensor,
+                    cross: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The attention before ``proj`` as the ONNX Attention operator
+        (opset 23, :func:`torch.onnx.ops.attention`) on ``(B, tokens, C)``
+        queries, keys and values: the form a dynamo ONNX export takes with
+        :attr:`onnx_attention`. The runtime splits the heads inside the
+        operator, so the graph holds no head transposes, and in deploy
+        mode the mask is a constant input. Equal to the
+        :func:`~torch.nn.functional.scaled_dot_product_attention` path up
+        to float rounding (outside an export the operator's eager
+        implementation runs).
+
+        Args:
+            qkv (torch.Tensor): As in :meth:`attend`.
+            cross (torch.Tensor, optional): As in :meth:`forward`.
+
+        Returns:
+            torch.Tensor: ``(B, N, C)``, the heads' outputs side by side.
+        """
+        channels = self.embed_dims
+        q, k, v = qkv.split(channels, dim=-1)
+        if self.cross_norm is not None and cross is not None:
+            cross_k, cross_v = self._cross_keys_values(cross).split(
+                channels, dim=-1)
+            k = torch.cat((k, cross_k), dim=1)
+            v = torch.cat((v, cross_v), dim=1)
+        out, _, _, _ = torch.onnx.ops.attention(
+            q,
+            k,
+            v,
+            self.attention_bias(q.dtype),
+            q_num_heads=self.num_heads,
+            kv_num_heads=self.num_heads)
+        return out

@@ -1,7 +1,7 @@
 """The blocks of FcaFormer: the convolutional stem and stage transitions,
 the ConvNeXt block of the first two stages, and the FcaBlock of the last
 two (forward cross attention, token merging and enhancement, FFN)."""
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -118,6 +118,38 @@ class Downsample(nn.Module):
         return self.conv3(x)
 
 
+#: What a fold replaced, to put back: (module, attribute, value).
+Replaced = List[Tuple[nn.Module, str, Any]]
+
+
+@torch.no_grad()
+def fold_scale_into_linear(layer: nn.Linear, scale: torch.Tensor) -> Replaced:
+    """Fold a per-channel scale applied to a linear layer's output into
+    the layer: ``W' = s W`` (row-wise), ``b' = s b``, so that ``layer(x)``
+    gives ``s * (W x + b)`` up to float rounding with one multiplication
+    less per call (the ONNX export form,
+    :func:`~mmfca.models.layers.deploy.onnx_export_form`). The layer gets
+    new parameters, computed in at least float32 and stored in its dtype.
+
+    Args:
+        layer (nn.Linear): The linear layer (an ``InferenceLinear`` too).
+        scale (torch.Tensor): ``(out_features, )``.
+
+    Returns:
+        list: The parameters replaced, as (module, name, parameter).
+    """
+    replaced: Replaced = [(layer, 'weight', layer.weight)]
+    work = torch.promote_types(layer.weight.dtype, torch.float32)
+    wide = scale.to(work)
+    layer.weight = nn.Parameter(
+        (layer.weight.to(work) * wide[:, None]).to(layer.weight.dtype))
+    if layer.bias is not None:
+        replaced.append((layer, 'bias', layer.bias))
+        layer.bias = nn.Parameter(
+            (layer.bias.to(work) * wide).to(layer.bias.dtype))
+    return replaced
+
+
 class ConvNeXtBlock(nn.Module):
     """ConvNeXt block of the first two stages: 7x7 depthwise conv,
     LayerNorm and Linear-GELU-Linear over channels (channels-last), layer
@@ -155,13 +187,28 @@ class ConvNeXtBlock(nn.Module):
         self.drop_path = DropPath(
             drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
+    def fold_layer_scale(self) -> Replaced:
+        """Fold ``gamma`` into ``pointwise_conv2``
+        (:func:`fold_scale_into_linear`), then None.
+
+        Returns:
+            list: What was replaced, as (module, attribute, value).
+        """
+        if self.gamma is None:
+            return []
+        replaced: Replaced = [(self, 'gamma', self.gamma)]
+        replaced += fold_scale_into_linear(self.pointwise_conv2, self.gamma)
+        self.gamma = None
+        return replaced
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.depthwise_conv(x).permute(0, 2, 3, 1)
+        # On flattened tokens, as in FeedForward.forward.
         branch = channel_mlp(
-            self.norm(branch),
+            self.norm(branch.reshape(-1, branch.shape[-1])),
             (self.pointwise_conv1.weight, self.pointwise_conv1.bias),
             (self.pointwise_conv2.weight, self.pointwise_conv2.bias),
-            self.fused_linears)
+            self.fused_linears).reshape(branch.shape)
         if self.gamma is not None:
             branch = branch * self.gamma
         return x + self.drop_path(branch.permute(0, 3, 1, 2))
@@ -216,9 +263,15 @@ class FeedForward(nn.Module):
         self.fused_linears = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return channel_mlp(
-            self.norm(x), (self.fc1.weight, self.fc1.bias),
-            (self.fc2.weight, self.fc2.bias), self.fused_linears)
+        # On the tokens flattened to (tokens, C): the same values (the
+        # norm and the linear layers flatten the leading dimensions alike),
+        # and an ONNX export gets Gemm nodes on 2-D inputs, where ONNX
+        # Runtime wraps each linear layer on (..., C) in two Reshapes.
+        out = channel_mlp(
+            self.norm(x.reshape(-1, x.shape[-1])),
+            (self.fc1.weight, self.fc1.bias), (self.fc2.weight, self.fc2.bias),
+            self.fused_linears)
+        return out.reshape(x.shape)
 
 
 class FcaBlock(nn.Module):
@@ -290,6 +343,22 @@ class FcaBlock(nn.Module):
         #: Whether the branches are dropped in training (the padded path
         #: then draws per window, see :meth:`_forward_padded`).
         self.drops_path = drop_path_rate > 0
+
+    def fold_layer_scales(self) -> Replaced:
+        """Fold ``ls1`` into ``attn.proj`` and ``ls2`` into ``ffn.fc2``
+        (:func:`fold_scale_into_linear`), each then an ``nn.Identity``.
+
+        Returns:
+            list: What was replaced, as (module, attribute, value).
+        """
+        replaced: Replaced = []
+        for name, layer in (('ls1', self.attn.proj), ('ls2', self.ffn.fc2)):
+            scale = getattr(self, name)
+            if isinstance(scale, LayerScale):
+                replaced.append((self, name, scale))
+                replaced += fold_scale_into_linear(layer, scale.weight)
+                setattr(self, name, nn.Identity())
+        return replaced
 
     def forward(
         self,

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from .arch import check_rates, is_plain, num_conv_stages
 from .blocks import ConvNeXtBlock, ConvStem, Downsample, FcaBlock, NormLayer
-from .tracing import symbolic_shapes
+from .tracing import fixed_size_export, symbolic_shapes
 from .windows import (PaddedWindowIndex, cached_padded_window_index,
                       grid_to_map, map_to_grid, padded_window_index,
                       window_partition, window_reverse)
@@ -107,13 +107,29 @@ class FcaStage(nn.Module):
 
     def _whole_windows(self, pad_h: int, pad_w: int) -> bool:
         """Whether the map is whole windows and may stay partitioned through
-        the stage. Recording a forward (export, FX) takes the general path,
-        which gives the same values and keeps the padding as arithmetic on
-        the input size, so the recorded graph serves any size."""
+        the stage. Recording a forward for any size (the TorchScript-based
+        ONNX export, FX, torch.export with symbolic sizes) takes the general
+        path, which gives the same values and keeps the padding as
+        arithmetic on the input size, so the recorded graph serves any
+        size; torch.export at a fixed size records the path of that size
+        (:func:`fixed_size_export`), without the padding's index work."""
         if not torch.jit.is_scripting():
-            if symbolic_shapes():
+            if symbolic_shapes() and not fixed_size_export(pad_h, pad_w):
                 return False
         return pad_h == 0 and pad_w == 0
+
+    def _one_recorded_window(self, height: int, width: int) -> bool:
+        """Whether a recorded forward (a fixed-size export) sees a map of
+        one window: its tokens are then the map's, partitioned without the
+        six-axis permutes that ONNX Runtime runs slower than a four-axis
+        one. Eager mode keeps the partition, whose copy gives the next
+        layers the memory layout they have always had (the same values
+        either way, bit for bit only so)."""
+        if not torch.jit.is_scripting():
+            if symbolic_shapes():
+                return height == self.window_size and \
+                    width == self.window_size
+        return False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2], x.shape[-1]
@@ -121,6 +137,9 @@ class FcaStage(nn.Module):
         pad_h = (ws - height % ws) % ws
         pad_w = (ws - width % ws) % ws
         if self._whole_windows(pad_h, pad_w):
+            if self._one_recorded_window(height, width):
+                tokens = self.run_blocks(map_to_grid(x))[-1]
+                return grid_to_map(tokens, height, width)
             tokens = self.run_blocks(window_partition(x, ws))[-1]
             return window_reverse(tokens, ws, height, width)
         # The real tokens in map order; each block pads and partitions
