@@ -68,9 +68,42 @@ def _register_without_mmcv() -> None:
         TRANSFORMS.register_module(name, module=_stand_in(name, 'transform'))
 
 
+#: The codebases whose base configs mmfca's configs inherit (``mmseg::``).
+BASE_CONFIG_PACKAGES = ('mmpretrain', 'mmseg', 'mmdet')
+
+
+def map_base_config_packages() -> None:
+    """Point mmengine's config loader at the distribution that installed
+    each codebase, so that ``mmseg::_base_/...`` resolves under OpenMMLab's
+    ``mmsegmentation`` and OneDL's ``onedl-mmsegmentation`` alike (the same
+    for mmdet and mmpretrain). The loader reads these bases before it runs a
+    config's ``custom_imports``: this serves the tools that import mmfca
+    first (mmfca's own ``tools/train.py`` and ``tools/test.py``). Only an
+    entry naming a distribution that is not installed changes."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    # mmengine.config.utils.MODULE2PACKAGE, the loader's import-name ->
+    # distribution table (verified with mmengine 0.10.7, onedl 0.10.12).
+    from mmengine.config.utils import MODULE2PACKAGE
+
+    from .utils.versions import distribution_of
+    for module in BASE_CONFIG_PACKAGES:
+        mapped = MODULE2PACKAGE.get(module)
+        if mapped is None:
+            continue
+        try:
+            version(mapped)
+            continue
+        except PackageNotFoundError:
+            found = distribution_of(module)
+        if found is not None:
+            MODULE2PACKAGE[module] = found
+
+
 def register_all() -> None:
     """Register every OpenMMLab module of mmfca (mmengine must be
     importable)."""
+    map_base_config_packages()
     from . import engine  # noqa: F401
     from .datasets import checks, seeded_sampling  # noqa: F401
     from .utils import mac_counting  # noqa: F401  counts attention MACs

@@ -10,21 +10,36 @@
 # so later set-ups reuse it in seconds.
 #
 # Environment variables:
+#   MMFCA_STACK        which OpenMMLab packages: 'openmmlab' (default: mmengine
+#                      0.10.7, mmcv 2.1.0, mmpretrain 1.2.0, mmsegmentation
+#                      1.2.2, mmdet 3.3.0; requirements.txt) or 'onedl' (the
+#                      maintained OneDL forks, same import names:
+#                      requirements-onedl.txt)
 #   PYTHON             interpreter for a new venv (default: python3.11, else python3)
-#   MMFCA_VENV         the environment (default: <repo>/.venv); an existing venv
-#                      or conda prefix with Python 3.11 is used as it is
+#   MMFCA_VENV         the environment (default: <repo>/.venv, or <repo>/.venv-onedl
+#                      for the onedl stack); an existing venv or conda prefix
+#                      with Python 3.11 is used as it is
 #   FORCE_CUDA=1       build mmcv's CUDA ops even where no GPU is visible
 #   MMFCA_WHEEL_CACHE  where the built mmcv wheel is cached
 #   MAX_JOBS           parallel compile jobs for mmcv (default: number of cores)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${MMFCA_VENV:-$REPO/.venv}"
 CACHE="${MMFCA_WHEEL_CACHE:-$HOME/.cache/mmfca/wheels}"
-MMCV_VERSION=2.1.0
 
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
+
+STACK="${MMFCA_STACK:-openmmlab}"
+case "$STACK" in
+  # mmcv's distribution, version and sdist (the import name is mmcv in both).
+  openmmlab) MMCV_DIST=mmcv; MMCV_VERSION=2.1.0; SDIST_STEM=mmcv-2.1.0
+             REQUIREMENTS=requirements.txt; DEFAULT_VENV="$REPO/.venv" ;;
+  onedl) MMCV_DIST=onedl-mmcv; MMCV_VERSION=2.3.6; SDIST_STEM=onedl_mmcv-2.3.6
+         REQUIREMENTS=requirements-onedl.txt; DEFAULT_VENV="$REPO/.venv-onedl" ;;
+  *) die "MMFCA_STACK='$STACK' is not a stack: use 'openmmlab' (the default) or 'onedl' (docs/get_started.md)." ;;
+esac
+VENV="${MMFCA_VENV:-$DEFAULT_VENV}"
 trap 'die "set-up failed at line $LINENO (command: $BASH_COMMAND). Fix the cause above and run tools/setup_env.sh again; finished steps are skipped."' ERR
 
 check_python() {
@@ -34,7 +49,7 @@ check_python() {
   [ "$ver" = "3.11" ] || die "Python 3.11 is required (torch 2.14.1 and mmcv $MMCV_VERSION are pinned for it); '$1' is $ver. Set PYTHON=/path/to/python3.11, or MMFCA_VENV to a Python 3.11 environment."
 }
 
-step "environment: $VENV"
+step "environment: $VENV ($STACK stack)"
 if [ -x "$VENV/bin/python" ]; then
   check_python "$VENV/bin/python"
   echo "exists, reusing"
@@ -54,6 +69,23 @@ pip_install() {
     | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 }
 
+# Both stacks write the same import packages (mmcv/, mmengine/, ...), so an
+# environment holds one of them: refuse to install over the other.
+"$PY" - "$STACK" <<'EOF' || die "this environment ($VENV) holds the other stack's packages (named above). Use a new environment (MMFCA_VENV=/path/to/new/venv) or the stack it holds (MMFCA_STACK)."
+import sys
+from importlib.metadata import distributions
+other = {
+    'openmmlab': ['onedl-mmengine', 'onedl-mmcv', 'onedl-mmpretrain',
+                  'onedl-mmsegmentation', 'onedl-mmdetection'],
+    'onedl': ['mmengine', 'mmcv', 'mmcv-lite', 'mmpretrain', 'mmsegmentation',
+              'mmdet'],
+}[sys.argv[1]]
+installed = {(d.metadata['Name'] or '').lower() for d in distributions()}
+found = [name for name in other if name in installed]
+if found:
+    sys.exit(f'installed here: {", ".join(found)}')
+EOF
+
 step "build tools and torch (requirements-torch.txt)"
 pip_install --upgrade pip
 pip_install -r "$REPO/requirements-torch.txt"
@@ -67,7 +99,7 @@ assert mmcv.__version__ == "$MMCV_VERSION", mmcv.__version__
 EOF
 }
 
-step "mmcv $MMCV_VERSION with ops"
+step "$MMCV_DIST $MMCV_VERSION with ops"
 if mmcv_ok; then
   echo "already installed with ops"
 else
@@ -78,19 +110,21 @@ else
 ops = "cuda" if torch.cuda.is_available() or os.getenv("FORCE_CUDA") == "1" else "cpu"
 print(torch.__version__.split("+")[0] + "-" + ops)')
   wheel_dir="$CACHE/torch$build_tag"
-  wheel=$(ls "$wheel_dir"/mmcv-$MMCV_VERSION-*.whl 2>/dev/null | head -n1 || true)
+  wheel_glob="$wheel_dir/${MMCV_DIST//-/_}-$MMCV_VERSION-*.whl"
+  wheel=$(ls $wheel_glob 2>/dev/null | head -n1 || true)
   if [ -z "$wheel" ]; then
     echo "no cached wheel in $wheel_dir: building mmcv from its sdist."
     echo "This is the long step (about 20 minutes on 2 cores for CPU ops; longer with CUDA)."
     build=$(mktemp -d)
     # The sdist's setup.py imports torch, so fetch it without build isolation
     # (MMCV_WITH_OPS=1, or its metadata names it mmcv-lite).
-    MMCV_WITH_OPS=1 "$PY" -m pip download -q --no-deps --no-binary mmcv \
-      --no-build-isolation -d "$build" "mmcv==$MMCV_VERSION" 2>&1 \
+    MMCV_WITH_OPS=1 "$PY" -m pip download -q --no-deps --no-binary "$MMCV_DIST" \
+      --no-build-isolation -d "$build" "$MMCV_DIST==$MMCV_VERSION" 2>&1 \
       | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
-    tar -xzf "$build"/mmcv-$MMCV_VERSION.tar.gz -C "$build"
-    src="$build/mmcv-$MMCV_VERSION"
-    # torch 2.14 headers need C++20; mmcv's setup.py hard-codes c++14/17.
+    tar -xzf "$build/$SDIST_STEM.tar.gz" -C "$build"
+    src="$build/$SDIST_STEM"
+    # torch 2.14 headers need C++20; mmcv's setup.py (onedl-mmcv's too)
+    # hard-codes c++14/17.
     sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g' "$src/setup.py"
     grep -q -- '-std=c++20' "$src/setup.py" || die "could not switch mmcv's setup.py to -std=c++20"
     jobs="${MAX_JOBS:-$(nproc)}"
@@ -99,19 +133,19 @@ print(torch.__version__.split("+")[0] + "-" + ops)')
       | grep --line-buffered -E '^\[[0-9]+/[0-9]+\]|error:' \
       | sed -u -E 's#^(\[[0-9]+/[0-9]+\]) .* -c (\S+) -o .*#\1 \2#' ) \
       || die "mmcv build failed; see the compiler errors above"
-    wheel=$(ls "$wheel_dir"/mmcv-$MMCV_VERSION-*.whl | head -n1)
+    wheel=$(ls $wheel_glob | head -n1)
     rm -rf "$build"
     echo "cached $wheel"
   else
     echo "using cached wheel $wheel"
   fi
-  # Its dependencies (mmengine among them) come with requirements.txt.
+  # Its dependencies (mmengine among them) come with $REQUIREMENTS.
   pip_install --no-deps --force-reinstall "$wheel"
   echo "installed $wheel"
 fi
 
-step "OpenMMLab codebases and the rest (requirements.txt)"
-pip_install -r "$REPO/requirements.txt"
+step "OpenMMLab codebases and the rest ($REQUIREMENTS)"
+pip_install -r "$REPO/$REQUIREMENTS"
 
 step "mmfca (editable)"
 pip_install --no-deps --no-build-isolation -e "$REPO"

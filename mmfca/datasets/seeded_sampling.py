@@ -29,8 +29,9 @@ from mmengine.registry import DATA_SAMPLERS, DATASETS
 
 from ..utils.versions import check_verified
 
-check_verified('mmengine', 'the index streams of DefaultSampler and '
-               'InfiniteSampler')
+#: What the seeded samplers rely on: they restate the index streams of
+#: mmengine's samplers.
+SAMPLER_STREAMS = 'the index streams of DefaultSampler and InfiniteSampler'
 
 
 class SampleIndex(int):
@@ -157,6 +158,10 @@ class SeededDefaultSampler(DefaultSampler):
     Arguments are those of :class:`~mmengine.dataset.DefaultSampler`.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        check_verified('mmengine', SAMPLER_STREAMS)
+        super().__init__(*args, **kwargs)
+
     def __iter__(self) -> Iterator[SampleIndex]:
         base = self.epoch * self.total_size
         for offset, index in enumerate(super().__iter__()):
@@ -188,6 +193,7 @@ class SeededInfiniteSampler(InfiniteSampler):
                  dataset: Sized,
                  shuffle: bool = True,
                  seed: Optional[int] = None) -> None:
+        check_verified('mmengine', SAMPLER_STREAMS)
         super().__init__(dataset, shuffle=shuffle, seed=seed)
         self._start: Optional[int] = 0
 
@@ -202,6 +208,15 @@ class SeededInfiniteSampler(InfiniteSampler):
         if position < 0:
             raise ValueError(f'position must be >= 0, got {position}.')
         self._start = int(position)
+
+    def skip(self, num_samples: int) -> None:
+        """Start after the first ``num_samples`` indices of this rank (at
+        position ``num_samples x world size`` of the global stream): the
+        resume contract of ``InfiniteSampler.skip`` in onedl-mmengine
+        0.10.12, whose ``IterBasedTrainLoop`` resumes through it."""
+        if num_samples < 0:
+            raise ValueError(f'num_samples must be >= 0, got {num_samples}.')
+        self.start_at(num_samples * self.world_size)
 
     def _passes(self) -> Iterator[torch.Tensor]:
         # The order of InfiniteSampler._infinite_indices: one generator

@@ -20,7 +20,6 @@ UNREADABLE_ERRORS = (OSError, cv2.error)
 # mmcv's message when the decoder returned no image (an assert in
 # LoadImageFromFile.transform; verified with mmcv 2.1.0).
 DECODE_FAILED = 'failed to load image: {}'
-check_verified('mmcv', "LoadImageFromFile's message for an undecodable image")
 
 
 @TRANSFORMS.register_module()
@@ -59,6 +58,8 @@ class LoadImageFromFileOrSkip(LoadImageFromFile):
     its own)."""
 
     def __init__(self, max_failures_in_a_row: int = 100, **kwargs):
+        check_verified('mmcv',
+                       "LoadImageFromFile's message for an undecodable image")
         if kwargs.get('ignore_empty'):
             raise ValueError(
                 'LoadImageFromFileOrSkip skips the images that cannot be '

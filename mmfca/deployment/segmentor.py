@@ -21,10 +21,6 @@ import torch.nn as nn
 from ..utils.tensor_forward import image_meta, is_segmentor
 from ..utils.versions import check_verified
 
-# mmseg's PPM (UPerHead, PSPHead) holds its pooling as nn.AdaptiveAvgPool2d
-# modules, which exact_adaptive_pooling swaps for the export.
-check_verified('mmseg', 'PPM pools with nn.AdaptiveAvgPool2d modules')
-
 
 def averaging_matrix(length: torch.Tensor, bins: int,
                      like: torch.Tensor) -> torch.Tensor:
@@ -76,6 +72,9 @@ def exact_adaptive_pooling(model: nn.Module) -> Iterator[int]:
     an output larger than 1x1 is an :class:`ExactAdaptiveAvgPool2d` (1x1
     exports as ``GlobalAveragePool``, exact at any size); the original
     modules are put back on exit. Yields how many were swapped."""
+    # mmseg's PPM (UPerHead, PSPHead) holds its pooling as
+    # nn.AdaptiveAvgPool2d modules, swapped here for the export.
+    check_verified('mmseg', 'PPM pools with nn.AdaptiveAvgPool2d modules')
     swapped: List[Tuple[nn.Module, str, nn.Module]] = []
     for parent in list(model.modules()):
         for name, child in parent.named_children():

@@ -32,8 +32,6 @@ from .layers import (FCAFORMER_ARCHS, add_class_token, build_fcaformer_layers,
 from .names import timm_group_matcher
 from .utils.checkpoint import fit_backbone_weights, rename_prefix
 
-check_verified('timm', 'timm.models._features.feature_take_indices')
-
 Intermediates = Union[List[torch.Tensor], Tuple[torch.Tensor,
                                                 List[torch.Tensor]]]
 
@@ -69,6 +67,8 @@ class _TimmFcaFormer(nn.Module):
                       window_size, drop_path_rate: float,
                       layer_scale_init_value: float) -> None:
         """Build ``downsample_layers`` and ``stages`` of an arch."""
+        # forward_intermediates relies on feature_take_indices (private).
+        check_verified('timm', 'timm.models._features.feature_take_indices')
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.window_size = parse_window_size(settings, window_size)

@@ -14,9 +14,12 @@ the additive mask not counted.
 Importing this module (``import mmfca`` does) adds that handle, and an
 activation handle, to the counter's default tables, so every
 ``FlopAnalyzer`` and ``ActivationAnalyzer`` counts attention, the
-codebases' own tools included. :func:`complexity` also sets it on its
-analyzer explicitly.
+codebases' own tools included, where the installed mmengine is verified
+(:func:`~mmfca.utils.versions.check_verified`; otherwise the tables stay
+stock, with a warning that says so). :func:`complexity` sets the handle on
+its analyzer explicitly, on any version.
 """
+import warnings
 from math import prod
 from typing import Any, Dict, List
 
@@ -52,7 +55,12 @@ def register_sdpa_handles() -> None:
         SDPA, generic_activation_jit())
 
 
-register_sdpa_handles()
+try:
+    register_sdpa_handles()
+except RuntimeError as refusal:
+    warnings.warn(f'{refusal} Until then, the codebases\' own complexity '
+                  f'tools count no attention MACs (mmfca.utils.complexity '
+                  f'does).')
 
 
 def keep_all_proposals(cfg) -> None:

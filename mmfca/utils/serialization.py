@@ -38,8 +38,6 @@ import torch
 from ..openmmlab import importable
 from .versions import check_verified
 
-check_verified('mmengine', 'the objects its checkpoints pickle')
-
 MapLocation = Optional[Union[str, torch.device, Callable, dict]]
 
 
@@ -90,6 +88,8 @@ def safe_globals() -> list:
     cannot be read without it anyway)."""
     allowed = [argparse.Namespace] + _numpy_globals()
     if importable('mmengine'):
+        # What mmengine's checkpoints pickle, and HistoryBuffer's registry.
+        check_verified('mmengine', 'the objects its checkpoints pickle')
         from mmengine.logging.history_buffer import HistoryBuffer
         allowed += [
             HistoryBuffer, (_history_buffer_statistic, 'builtins.getattr')

@@ -11,7 +11,6 @@ from mmengine.registry import HOOKS
 
 from ...utils.versions import check_verified, require_attribute
 
-check_verified('mmengine', 'CheckpointHook._save_checkpoint_with_step')
 require_attribute(CheckpointHook, '_save_checkpoint_with_step', 'mmengine')
 require_attribute(CheckpointHook, '_save_best_checkpoint', 'mmengine')
 
@@ -76,6 +75,11 @@ class SafeCheckpointHook(CheckpointHook):
     Leftover temporary files of a killed run are removed when the next run
     starts. Arguments are those of :class:`CheckpointHook`.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        # Overrides CheckpointHook's private save methods.
+        check_verified('mmengine', 'CheckpointHook._save_checkpoint_with_step')
+        super().__init__(*args, **kwargs)
 
     def before_train(self, runner) -> None:
         super().before_train(runner)

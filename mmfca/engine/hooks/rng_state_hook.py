@@ -15,9 +15,7 @@ from mmengine.runner import IterBasedTrainLoop
 from ...datasets.seeded_sampling import (SeededDefaultSampler,
                                          SeededInfiniteSampler)
 from ...utils.versions import check_verified
-from ..runner.loops import ResumableIterBasedTrainLoop
-
-check_verified('mmengine', 'how IterBasedTrainLoop resumes')
+from ..runner.loops import RESUME_PROTOCOL, ResumableIterBasedTrainLoop
 
 
 def capture_rng_states() -> dict:
@@ -86,8 +84,9 @@ def checkpoint_due(runner, after_epoch: bool) -> bool:
 class _RestoreAfterReplay:
     """Wraps the data iterator of mmengine's IterBasedTrainLoop: after the
     ``replayed`` batches it fetches again on resume (to advance the
-    sampler), restore the generator states, so the first new batch is drawn
-    as in an uninterrupted run (with ``num_workers=0``)."""
+    sampler; mmengine 0.10.7), or after its ``skip_iter`` (onedl-mmengine
+    0.10.12), restore the generator states, so the first new batch is
+    drawn as in an uninterrupted run (with ``num_workers=0``)."""
 
     def __init__(self, iterator, replayed: int, states: dict):
         self._iterator = iterator
@@ -103,6 +102,12 @@ class _RestoreAfterReplay:
             self._states = None
         self._remaining -= 1
         return next(self._iterator)
+
+    def skip_iter(self, num_iters: int) -> None:
+        """The wrapped iterator's ``skip_iter``, counted as replayed
+        batches: the states are restored before the next batch."""
+        self._iterator.skip_iter(num_iters)
+        self._remaining -= num_iters
 
 
 @HOOKS.register_module()
@@ -130,6 +135,7 @@ class RNGStateHook(Hook):
     priority = 'VERY_HIGH'
 
     def __init__(self):
+        check_verified('mmengine', RESUME_PROTOCOL)
         self._loaded: Optional[dict] = None
         self._before_val: Optional[dict] = None
         # (iteration, states of every rank) gathered for the next save.
@@ -197,7 +203,8 @@ class RNGStateHook(Hook):
             return
         loop = runner.train_loop
         # mmengine's IterBasedTrainLoop.run fetches loop.iter batches from
-        # dataloader_iterator again on resume (verified with 0.10.7).
+        # dataloader_iterator again on resume (0.10.7), or skips them with
+        # its skip_iter (onedl-mmengine 0.10.12).
         if isinstance(loop, IterBasedTrainLoop) and loop.iter > 0 and \
                 not isinstance(loop, ResumableIterBasedTrainLoop):
             loop.dataloader_iterator = _RestoreAfterReplay(

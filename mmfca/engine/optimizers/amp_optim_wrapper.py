@@ -14,9 +14,6 @@ from mmengine.runner.amp import autocast
 
 from ...utils.versions import check_verified
 
-check_verified('mmengine', 'AmpOptimWrapper attributes set without its '
-               '__init__')
-
 
 def accelerator_available() -> bool:
     """Whether mmengine's AmpOptimWrapper can run here."""
@@ -80,6 +77,9 @@ class AnyDeviceAmpOptimWrapper(AmpOptimWrapper):
                  dtype=None,
                  cpu_autocast: Union[bool, str] = 'auto',
                  **kwargs):
+        # On a CPU, sets AmpOptimWrapper's attributes without its __init__.
+        check_verified('mmengine',
+                       'AmpOptimWrapper attributes set without its __init__')
         if cpu_autocast not in (True, False, 'auto'):
             raise ValueError(
                 f"cpu_autocast must be 'auto', True or False, got "

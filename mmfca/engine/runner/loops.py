@@ -13,14 +13,27 @@ from torch.utils.data import BatchSampler, DataLoader
 from ...datasets.seeded_sampling import SeededInfiniteSampler
 from ...utils.versions import check_verified
 
-check_verified('mmengine', 'how IterBasedTrainLoop resumes')
+#: What the loop and RNGStateHook rely on.
+RESUME_PROTOCOL = 'how IterBasedTrainLoop resumes'
+
+
+def resumes_by_skip_iter() -> bool:
+    """Whether mmengine's ``IterBasedTrainLoop.run`` resumes with one
+    ``dataloader_iterator.skip_iter(iter)`` call, which fast-forwards the
+    sampler through its ``skip`` before the lazily created data iterator
+    loads anything (onedl-mmengine 0.10.12), instead of fetching and
+    discarding every batch already trained on (mmengine 0.10.7)."""
+    # A private class of mmengine (verified with 0.10.7 and 0.10.12).
+    from mmengine.runner.loops import _InfiniteDataloaderIterator
+    return hasattr(_InfiniteDataloaderIterator, 'skip_iter')
 
 
 class _SkipReplay:
-    """The data iterator of :class:`ResumableIterBasedTrainLoop`: returns
-    None, without loading anything, for the ``skip`` batches mmengine's
-    ``run`` fetches and discards on resume, then iterates the data loader
-    (created at the first real batch, after the ``before_train`` hooks)."""
+    """The data iterator of :class:`ResumableIterBasedTrainLoop` on
+    mmengine 0.10.7: returns None, without loading anything, for the
+    ``skip`` batches mmengine's ``run`` fetches and discards on resume,
+    then iterates the data loader (created at the first real batch, after
+    the ``before_train`` hooks)."""
 
     def __init__(self, dataloader: DataLoader, skip: int):
         self._dataloader = dataloader
@@ -50,7 +63,11 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
     tens of minutes late in a 160k-iteration recipe. Here the sampler, a
     :class:`~mmfca.datasets.SeededInfiniteSampler`, starts at sample
     ``iteration x batch size x world size`` of the run's stream, and the
-    skipped ``next()`` calls return without loading. With the samplers'
+    skipped ``next()`` calls return without loading. Where mmengine's loop
+    resumes by itself without loading (onedl-mmengine's ``skip_iter``, see
+    :func:`resumes_by_skip_iter`), its own data iterator is kept and its
+    ``skip_iter`` starts the sampler at that same position
+    (:meth:`~mmfca.datasets.SeededInfiniteSampler.skip`). With the samplers'
     per-sample seeding (:class:`~mmfca.datasets.SeededSampleDataset`) the
     batches that follow are those of the uninterrupted run, whatever the
     number of workers. The time to the first new iteration does not grow
@@ -64,6 +81,7 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
 
     def __init__(self, runner, dataloader: Union[DataLoader, Dict],
                  max_iters: int, **kwargs) -> None:
+        check_verified('mmengine', RESUME_PROTOCOL)
         # mmengine's __init__ creates the data iterator, and with workers
         # they start loading at once, before a resume says where to start:
         # the loader is built first (BaseLoop) and its sampler held.
@@ -105,10 +123,11 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
                 f'again (ResumableIterBasedTrainLoop; mmengine\'s "Advance '
                 f'dataloader" message that follows skips without loading).',
                 logger='current')
-        # IterBasedTrainLoop.run (mmengine 0.10.7) calls next() on
-        # dataloader_iterator self._iter times on resume and discards the
-        # batches: _SkipReplay returns None for those.
-        self.dataloader_iterator = _SkipReplay(self.dataloader, self._iter)
+        if not resumes_by_skip_iter():
+            # IterBasedTrainLoop.run (mmengine 0.10.7) calls next() on
+            # dataloader_iterator self._iter times on resume and discards
+            # the batches: _SkipReplay returns None for those.
+            self.dataloader_iterator = _SkipReplay(self.dataloader, self._iter)
         return super().run()
 
 

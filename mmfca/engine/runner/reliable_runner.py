@@ -25,8 +25,6 @@ from ...utils.versions import check_verified
 from ..optimizers.amp_optim_wrapper import accelerator_available
 from .loops import seeded_data_stream
 
-check_verified('mmengine', 'private fields of Runner')
-
 
 def is_intact_checkpoint(path: str) -> bool:
     """Whether ``path`` is a complete torch zip checkpoint (central
@@ -126,6 +124,8 @@ class ReliableRunner(Runner):
     """
 
     def __init__(self, *args, **kwargs):
+        # Reads and sets private fields of Runner.
+        check_verified('mmengine', 'private fields of Runner')
         super().__init__(*args, **kwargs)
         self.trust_checkpoint = bool(self.cfg.get('trust_checkpoint', False))
 
