@@ -55,15 +55,23 @@ def test_skip_follows_mmengines_contract(world_size, skipped):
 class SkippingIterator:
     """A data iterator of onedl-mmengine's kind: ``skip_iter`` moves it
     on without loading, drawing from the global generator as a sampler
-    without its own generator would."""
+    without its own generator would, and the data-loader iterator it then
+    creates at the next batch draws a base seed from it too."""
 
     def __init__(self):
         self.position = 0
+        self.created = False
+
+    def _ensure_iterator(self):
+        if not self.created:
+            self.created = True
+            random.random()
 
     def __iter__(self):
         return self
 
     def __next__(self):
+        self._ensure_iterator()
         self.position += 1
         return random.random()
 
@@ -71,11 +79,13 @@ class SkippingIterator:
         for _ in range(num_iters):
             random.random()
         self.position += num_iters
+        self.created = False
 
 
 def test_restore_after_a_skip_iter_resume():
     """The first batch after ``skip_iter`` is drawn with the saved states,
-    as in the uninterrupted run."""
+    as in the uninterrupted run (which created its data-loader iterator
+    long before)."""
     random.seed(0)
     saved = capture_rng_states()
     expected = random.random()

@@ -107,6 +107,13 @@ class _RestoreAfterReplay:
         """The wrapped iterator's ``skip_iter``, counted as replayed
         batches: the states are restored before the next batch."""
         self._iterator.skip_iter(num_iters)
+        # After a skip, onedl-mmengine's iterator creates its DataLoader
+        # iterator at the next batch, which draws a base seed from the global
+        # generator: create it now, before the states are restored (its
+        # private _ensure_iterator, verified with onedl-mmengine 0.10.12).
+        ensure = getattr(self._iterator, '_ensure_iterator', None)
+        if ensure is not None:
+            ensure()
         self._remaining -= num_iters
 
 
