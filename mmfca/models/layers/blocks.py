@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import ForwardCrossAttention
 from .fast_paths import channel_mlp
+from .tracing import onnx_dynamo_export
 from .windows import PaddedWindowIndex, grid_to_map, map_to_grid
 
 NormLayer = Callable[[int], nn.Module]
@@ -150,6 +151,19 @@ def fold_scale_into_linear(layer: nn.Linear, scale: torch.Tensor) -> Replaced:
     return replaced
 
 
+def tokens_as_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``(tokens, C)`` rows in a dynamo ONNX export, so that its
+    linear layers export as 2-D Gemms without the two Reshapes ONNX
+    Runtime wraps each linear layer on ``(..., C)`` in; ``x`` itself
+    elsewhere (flattening a permuted map copies it, which costs eager mode
+    time). The norm and the linear layers treat the leading dimensions
+    alike, so the values are the same either way."""
+    if not torch.jit.is_scripting():
+        if onnx_dynamo_export():
+            return x.reshape(-1, x.shape[-1])
+    return x
+
+
 class ConvNeXtBlock(nn.Module):
     """ConvNeXt block of the first two stages: 7x7 depthwise conv,
     LayerNorm and Linear-GELU-Linear over channels (channels-last), layer
@@ -203,9 +217,8 @@ class ConvNeXtBlock(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.depthwise_conv(x).permute(0, 2, 3, 1)
-        # On flattened tokens, as in FeedForward.forward.
         branch = channel_mlp(
-            self.norm(branch.reshape(-1, branch.shape[-1])),
+            self.norm(tokens_as_rows(branch)),
             (self.pointwise_conv1.weight, self.pointwise_conv1.bias),
             (self.pointwise_conv2.weight, self.pointwise_conv2.bias),
             self.fused_linears).reshape(branch.shape)
@@ -263,12 +276,8 @@ class FeedForward(nn.Module):
         self.fused_linears = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # On the tokens flattened to (tokens, C): the same values (the
-        # norm and the linear layers flatten the leading dimensions alike),
-        # and an ONNX export gets Gemm nodes on 2-D inputs, where ONNX
-        # Runtime wraps each linear layer on (..., C) in two Reshapes.
         out = channel_mlp(
-            self.norm(x.reshape(-1, x.shape[-1])),
+            self.norm(tokens_as_rows(x)),
             (self.fc1.weight, self.fc1.bias), (self.fc2.weight, self.fc2.bias),
             self.fused_linears)
         return out.reshape(x.shape)
