@@ -277,9 +277,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = channel_mlp(
-            self.norm(tokens_as_rows(x)),
-            (self.fc1.weight, self.fc1.bias), (self.fc2.weight, self.fc2.bias),
-            self.fused_linears)
+            self.norm(tokens_as_rows(x)), (self.fc1.weight, self.fc1.bias),
+            (self.fc2.weight, self.fc2.bias), self.fused_linears)
         return out.reshape(x.shape)
 
 
