@@ -265,7 +265,8 @@ def time_onnx(model: nn.Module,
         shape (tuple[int, int]): Input height and width.
         rounds (int): Timed pairs.
         threads (int): Threads of both (``torch.set_num_threads`` and
-            onnxruntime's intra-op threads; one inter-op thread).
+            onnxruntime's intra-op threads, which sleep when idle, see
+            :func:`ort_session`; one inter-op thread).
         warmup (int): Untimed pairs first.
         dense, segmentor, argmax (bool): What was exported, see
             :func:`prepared`.
@@ -274,13 +275,8 @@ def time_onnx(model: nn.Module,
         dict: Median milliseconds of each, and the median, quartiles and
         range of the per-pair ratios onnxruntime / PyTorch.
     """
-    import onnxruntime
     wrapper = prepared(model, dense, 'cpu', segmentor, argmax)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(
-        path, options, providers=['CPUExecutionProvider'])
+    session = ort_session(path, threads)
     images = torch.randn(1, 3, *shape)
     feed = {'images': images.numpy()}
     calls = {

@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from analysis_tools import analysis_tool
 from onnx import helper
 
+from mmfca.deployment import onnx as deployment_onnx
 from mmfca.deployment.onnx import (ORT_LEVELS, export_onnx, kernel_shares,
-                                   node_counts, ort_session, profile_shares)
+                                   node_counts, ort_session, profile_shares,
+                                   time_onnx)
 
 REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -132,6 +134,30 @@ def test_ort_session_states_its_settings(tiny_export):
     assert set(ORT_LEVELS) == {'disable', 'basic', 'extended', 'all'}
     with pytest.raises(ValueError, match='level must be one of'):
         ort_session(path, level='layout')
+
+
+def test_time_onnx_pairs_the_file_with_its_model(tiny_export, monkeypatch):
+    """time_onnx times the file in a session of ort_session (threads that
+    sleep when idle, so they leave the cores to the PyTorch call of the
+    pair) and summarises the per-pair ratios."""
+    model, path = tiny_export
+    sessions = []
+
+    def recorded(*args, **kwargs):
+        session = ort_session(*args, **kwargs)
+        sessions.append(session.get_session_options())
+        return session
+
+    monkeypatch.setattr(deployment_onnx, 'ort_session', recorded)
+    result = time_onnx(model, path, SHAPE, rounds=5, threads=1, warmup=1)
+    options, = sessions
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry(
+        'session.intra_op.allow_spinning') == '0'
+    assert result['rounds'] == 5
+    assert result['onnxruntime_ms'] > 0 and result['torch_ms'] > 0
+    assert result['ratio_min'] <= result['ratio_q1'] <= result['ratio'] \
+        <= result['ratio_q3'] <= result['ratio_max']
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import torch
 from analysis_tools import ANALYSIS, analysis_tool
 
 from mmfca.apis import build_model, load_config
+from mmfca.deployment.segmentor import SegmentorForward, mmseg_inference
 from mmfca.models import FcaFormer
 from mmfca.utils import TensorForward
 
@@ -248,14 +249,44 @@ def test_benchmark_onnxruntime_runs_the_exported_model(tmp_path):
     images = torch.randn(1, 3, 64, 64)
     path = tmp_path / 'l1.onnx'
     calls = runtimes.runtime_calls(bench_models.CLASSIFIERS['FcaFormer-L1'],
-                                   False, images, ['eager', 'onnxruntime'],
-                                   'cpu', 2, str(path))
+                                   'classifier',
+                                   images, ['eager', 'onnxruntime'], 'cpu', 2,
+                                   str(path))
     assert set(calls) == {'eager', 'onnxruntime'}
     assert os.path.isfile(path)
     with torch.no_grad():
         expected = calls['eager']()
     outputs = calls['onnxruntime']()
     np.testing.assert_allclose(outputs[0], expected.numpy(), rtol=0, atol=1e-4)
+
+
+def test_benchmark_segmentor_case_runs_the_whole_segmentor(tmp_path):
+    """The segmentor case times mmseg's whole-image inference: eager and
+    ONNX Runtime both give the logits of mmseg's own ``predict`` at the
+    input size (an odd one: the head resizes to it)."""
+    runtimes = analysis_tool('runtimes')
+    assert set(runtimes.CASES['segmentor']['models'].values()) == set(
+        analysis_tool('bench_models').SEGMENTORS.values())
+    config = os.path.join(
+        REPO, 'configs/synthetic/upernet_fcaformer_l2_synthetic_ade20k.py')
+    images = torch.randn(1, 3, 70, 90)
+    path = tmp_path / 'upernet.onnx'
+    calls = runtimes.runtime_calls(config, 'segmentor',
+                                   images, ['eager', 'onnxruntime'], 'cpu', 1,
+                                   str(path))
+    wrapper = calls['eager'].func
+    assert isinstance(wrapper, SegmentorForward)
+    with torch.no_grad():
+        expected = mmseg_inference(wrapper.model, images, argmax=False)
+        eager = calls['eager']()
+    assert expected.shape[-2:] == (70, 90)
+    outputs = calls['onnxruntime']()
+    np.testing.assert_allclose(
+        eager.numpy(), expected.numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(outputs[0], expected.numpy(), rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="output='dense'"):
+        runtimes.runtime_calls(config, 'dense', images, ['eager'], 'cpu', 1,
+                               str(path))
 
 
 def test_benchmark_tools_refuse_bad_arguments(capsys):

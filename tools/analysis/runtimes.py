@@ -1,10 +1,10 @@
 """FcaFormer-L2 and ConvNeXt-T, deployed, in eager PyTorch, compiled by
 ``torch.compile`` and exported to ONNX Runtime: the classifier at
-224x224 and the backbone of the UperNet configs at 512x512, batch 1,
-random weights.
+224x224, and the backbone of the UperNet configs and the whole UperNet
+segmentor at 512x512, batch 1, random weights.
 
     python tools/analysis/runtimes.py [--runtimes eager compile onnxruntime]
-        [--cases classifier backbone] [--device cpu] [--threads 2]
+        [--cases classifier backbone segmentor] [--device cpu] [--threads 2]
         [--repeat 20] [--ort-level disable|basic|extended|all]
         [--ort-profile] [--node-counts] [--malloc pinned|default]
         [--out work_dirs/runtimes.json]
@@ -50,10 +50,13 @@ from mmfca.deployment.onnx import (ORT_LEVELS, export_onnx, node_counts,
 from mmfca.models.layers import fast_paths_enabled
 
 RUNTIMES = ('eager', 'compile', 'onnxruntime')
+#: Case -> input size, what is exported (``output``, see
+#: :func:`runtime_calls`) and the two models' configs.
 CASES = {
     'classifier':
     dict(
         size=(224, 224),
+        output='classifier',
         models={
             'FcaFormer-L2': CLASSIFIERS['FcaFormer-L2'],
             'ConvNeXt-T': CLASSIFIERS['ConvNeXt-T']
@@ -61,11 +64,21 @@ CASES = {
     'backbone':
     dict(
         size=(512, 512),
+        output='backbone',
+        models={
+            'FcaFormer-L2': SEGMENTORS['UperNet FcaFormer-L2'],
+            'ConvNeXt-T': SEGMENTORS['UperNet ConvNeXt-T']
+        }),
+    'segmentor':
+    dict(
+        size=(512, 512),
+        output='segmentor',
         models={
             'FcaFormer-L2': SEGMENTORS['UperNet FcaFormer-L2'],
             'ConvNeXt-T': SEGMENTORS['UperNet ConvNeXt-T']
         }),
 }
+OUTPUTS = ('classifier', 'backbone', 'segmentor')
 COMPILERS = ('g++', 'c++', 'clang++')
 #: Untimed runs before the profiled ones of ``--ort-profile``.
 PROFILE_WARMUP = 3
@@ -88,7 +101,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=list(CASES),
         metavar='CASE',
         help='classifier = 224x224 classifier, backbone = 512x512 dense '
-        'backbone (default both)')
+        'backbone, segmentor = 512x512 whole UperNet, logits at the input '
+        'size (default all)')
     parser.add_argument(
         '--ort-level',
         choices=list(ORT_LEVELS),
@@ -150,20 +164,26 @@ def optimized_path(onnx_path: str) -> str:
 
 def onnxruntime_call(model: torch.nn.Module,
                      images: torch.Tensor,
-                     dense: bool,
+                     output: str,
                      device: str,
                      threads: int,
                      path: str,
                      ort_level: str = 'all',
                      keep_optimized: bool = False) -> Callable[[], object]:
-    """Export ``model`` (deploy mode, see :mod:`mmfca.deployment.onnx`) to
-    ``path`` at the size of ``images`` and return one ONNX Runtime
+    """Export ``model``'s ``output`` (see :func:`runtime_calls`; deploy
+    mode, see :mod:`mmfca.deployment.onnx`) to ``path`` at the size of
+    ``images`` and return one ONNX Runtime
     inference on them, as a call (:func:`~mmfca.deployment.onnx.ort_session`
     at ``ort_level`` with ``threads`` intra-op threads that do not spin
     when idle, on the provider of ``device``); with ``keep_optimized``
     the session writes the graph it runs to :func:`optimized_path`."""
     providers = ort_providers(device)
-    export_onnx(model, path, tuple(images.shape[-2:]), dense=dense)
+    export_onnx(
+        model,
+        path,
+        tuple(images.shape[-2:]),
+        dense=output == 'backbone',
+        segmentor=output == 'segmentor')
     session = ort_session(
         path,
         threads,
@@ -175,7 +195,7 @@ def onnxruntime_call(model: torch.nn.Module,
 
 
 def runtime_calls(path: str,
-                  dense: bool,
+                  output: str,
                   images: torch.Tensor,
                   runtimes: Sequence[str],
                   device: str,
@@ -183,12 +203,15 @@ def runtime_calls(path: str,
                   onnx_path: str,
                   ort_level: str = 'all',
                   keep_optimized: bool = False) -> Dict[str, Callable]:
-    """Runtime -> one inference of the model of ``path`` (the classifier,
-    or the backbone with ``dense``), deployed, on ``images``.
+    """Runtime -> one inference of the model of ``path``, deployed, on
+    ``images``.
 
     Args:
         path (str): The model's config.
-        dense (bool): The backbone instead of the classifier.
+        output (str): What runs, of :data:`OUTPUTS`: ``classifier``
+            (images -> logits), ``backbone`` (images -> stage outputs) or
+            ``segmentor`` (a whole mmseg segmentor, images -> logits at the
+            input size, as :class:`~mmfca.deployment.SegmentorForward`).
         images (Tensor): The input, on ``device``.
         runtimes (sequence): Names of :data:`RUNTIMES`.
         device (str): Where the model runs.
@@ -198,8 +221,11 @@ def runtime_calls(path: str,
         keep_optimized (bool): Write the graph ORT runs next to the export
             (:func:`optimized_path`).
     """
+    if output not in OUTPUTS:
+        raise ValueError(f'output={output!r}: use one of {OUTPUTS}')
     model = build_model(load_config(path))
-    module = prepared(model, dense, device)
+    module = prepared(
+        model, output == 'backbone', device, segmentor=output == 'segmentor')
     calls = {}
     for runtime in runtimes:
         if runtime == 'eager':
@@ -207,7 +233,7 @@ def runtime_calls(path: str,
         elif runtime == 'compile':
             calls[runtime] = functools.partial(torch.compile(module), images)
         else:
-            calls[runtime] = onnxruntime_call(model, images, dense, device,
+            calls[runtime] = onnxruntime_call(model, images, output, device,
                                               threads, onnx_path, ort_level,
                                               keep_optimized)
     return calls
@@ -320,7 +346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 calls.update({
                     f'{model} {runtime}': call
                     for runtime, call in runtime_calls(
-                        path, case == 'backbone', images, args.runtimes,
+                        path, CASES[case]['output'], images, args.runtimes,
                         args.device, args.threads, paths[model],
                         args.ort_level, args.node_counts).items()
                 })
