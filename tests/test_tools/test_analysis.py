@@ -243,6 +243,26 @@ def test_benchmark_best_runtime_of_each_model(capsys):
         '0.900x [0.850-0.950] (0.80-1.00)' in capsys.readouterr().out
 
 
+def test_benchmark_each_runtime_against_the_models_first(capsys):
+    runtimes = analysis_tool('runtimes')
+    times = {
+        'FcaFormer-L2 eager': [10., 20., 10.],
+        'FcaFormer-L2 onnxruntime': [8., 18., 7.],
+        'ConvNeXt-T eager': [10., 10., 10.],
+        'ConvNeXt-T onnxruntime': [5., 6., 7.],
+    }
+    gains = runtimes.against_own_first(times, ['FcaFormer-L2', 'ConvNeXt-T'],
+                                       ['eager', 'onnxruntime'])
+    # Rounds paired within each model: 8/10, 18/20, 7/10; 5/10, 6/10, 7/10.
+    assert set(gains) == {'FcaFormer-L2', 'ConvNeXt-T'}
+    assert gains['FcaFormer-L2']['onnxruntime']['median'] == \
+        pytest.approx(0.8)
+    assert gains['FcaFormer-L2']['onnxruntime']['max'] == pytest.approx(0.9)
+    assert gains['ConvNeXt-T']['onnxruntime']['median'] == pytest.approx(0.6)
+    assert 'ConvNeXt-T onnxruntime / eager: 0.600x [0.550-0.650] ' \
+        '(0.50-0.70)' in capsys.readouterr().out
+
+
 def test_benchmark_onnxruntime_runs_the_exported_model(tmp_path):
     runtimes = analysis_tool('runtimes')
     bench_models = analysis_tool('bench_models')

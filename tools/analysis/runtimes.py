@@ -21,7 +21,8 @@ model in each runtime) are timed in the same paired rounds (see
 bench_lib): the table gives each one's median ms [quartiles] and the
 median of its per-round ratios to ConvNeXt-T in the first runtime
 [quartiles] (range); then each model's fastest runtime, side by side,
-with their per-round ratio.
+with their per-round ratio, and each model in every later runtime against
+itself in the first one (e.g. ONNX Runtime / eager of the same model).
 
 After the rounds, for each model in ONNX Runtime: ``--node-counts``
 prints the exported graph's nodes and those of the graph ORT runs (after
@@ -324,6 +325,29 @@ def best_of_each(times: Dict[str, List[float]], models: Sequence[str]) -> dict:
         ratio=ratio)
 
 
+def against_own_first(times: Dict[str, List[float]], models: Sequence[str],
+                      runtimes: Sequence[str]) -> dict:
+    """Each model in each later runtime against itself in the first one:
+    the per-round ratios (ONNX Runtime / PyTorch of the same model),
+    printed and returned as model -> runtime -> :func:`paired_ratios`.
+
+    Args:
+        times (dict): ``'{model} {runtime}'`` -> ms per round.
+        models (sequence): Model names.
+        runtimes (sequence): Runtime names, the first one the reference.
+    """
+    first, *later = runtimes
+    gains = {}
+    for model in models:
+        gains[model] = {}
+        for runtime in later:
+            ratio = paired_ratios(times[f'{model} {runtime}'],
+                                  times[f'{model} {first}'])
+            gains[model][runtime] = ratio
+            print(f'  {model} {runtime} / {first}: {format_ratio(ratio)}')
+    return gains
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     results = start(
@@ -354,7 +378,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             summary = summarize(times, (f'ConvNeXt-T {args.runtimes[0]}', ))
             report(f'Runtimes, {title} (deploy mode)', summary)
             best = best_of_each(times, models)
-            results['runtimes'][case] = dict(times=summary, best=best)
+            results['runtimes'][case] = dict(
+                times=summary,
+                best=best,
+                against_own_first=against_own_first(times, models,
+                                                    args.runtimes))
             if args.node_counts or args.ort_profile:
                 results['runtimes'][case]['onnxruntime'] = {
                     model: inspect_onnx(model, paths[model], images, args,
