@@ -51,6 +51,11 @@ from mmfca.deployment.onnx import (ORT_LEVELS, export_onnx, node_counts,
 from mmfca.models.layers import fast_paths_enabled
 
 RUNTIMES = ('eager', 'compile', 'onnxruntime')
+#: The two UperNet configs, whose backbones and whole segmentors are cases.
+UPERNETS = {
+    'FcaFormer-L2': SEGMENTORS['UperNet FcaFormer-L2'],
+    'ConvNeXt-T': SEGMENTORS['UperNet ConvNeXt-T']
+}
 #: Case -> input size, what is exported (``output``, see
 #: :func:`runtime_calls`) and the two models' configs.
 CASES = {
@@ -63,21 +68,9 @@ CASES = {
             'ConvNeXt-T': CLASSIFIERS['ConvNeXt-T']
         }),
     'backbone':
-    dict(
-        size=(512, 512),
-        output='backbone',
-        models={
-            'FcaFormer-L2': SEGMENTORS['UperNet FcaFormer-L2'],
-            'ConvNeXt-T': SEGMENTORS['UperNet ConvNeXt-T']
-        }),
+    dict(size=(512, 512), output='backbone', models=UPERNETS),
     'segmentor':
-    dict(
-        size=(512, 512),
-        output='segmentor',
-        models={
-            'FcaFormer-L2': SEGMENTORS['UperNet FcaFormer-L2'],
-            'ConvNeXt-T': SEGMENTORS['UperNet ConvNeXt-T']
-        }),
+    dict(size=(512, 512), output='segmentor', models=UPERNETS),
 }
 OUTPUTS = ('classifier', 'backbone', 'segmentor')
 COMPILERS = ('g++', 'c++', 'clang++')
