@@ -72,7 +72,8 @@ CASES = {
     'segmentor':
     dict(size=(512, 512), output='segmentor', models=UPERNETS),
 }
-OUTPUTS = ('classifier', 'backbone', 'segmentor')
+#: What :func:`runtime_calls` can run: one per case.
+OUTPUTS = tuple(case['output'] for case in CASES.values())
 COMPILERS = ('g++', 'c++', 'clang++')
 #: Untimed runs before the profiled ones of ``--ort-profile``.
 PROFILE_WARMUP = 3
